@@ -1,0 +1,263 @@
+"""One place for every knob: ``key=value`` command lines and YAML files become typed, validated dataclasses.
+
+A declaration file (recipe, filter pipeline, tokenizer spec) is YAML; it may name ``base: OTHER`` to be a small
+delta over another file of the same folder. Command-line overrides are merged last. :func:`build` turns the merged
+mapping into a dataclass tree, rejecting unknown keys and bad values with a message that names the key and the
+valid choices. Dataclasses validate their own invariants in ``__post_init__`` by raising :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A bad key or value. ``key`` is the dotted path of the offending key ('' when not about one key)."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}" if key else message)
+
+    def under(self, prefix: str) -> ConfigError:
+        key = f"{prefix}.{self.key}" if self.key else prefix
+        return ConfigError(key, self.message)
+
+
+class UserError(RuntimeError):
+    """A problem the user can fix (missing file, bad data); launch scripts print it as one line."""
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise ConfigError(key, message) unless condition holds; for ``__post_init__`` checks."""
+    if not condition:
+        raise ConfigError(key, message)
+
+
+def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ConfigError(key, f"invalid value {value!r}; valid choices: {', '.join(map(str, choices))}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Mappings: parse, load, merge
+
+
+def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
+    """``['a.b=1', 'c=x']`` -> ``{'a': {'b': 1}, 'c': 'x'}``. Values are parsed as YAML scalars."""
+    for arg in argv:
+        if "=" not in arg or arg.startswith("="):
+            raise ConfigError("", f"argument {arg!r} is not of the form key=value")
+    try:
+        return _plain(OmegaConf.from_dotlist(list(argv)))
+    except OmegaConfBaseException as e:
+        raise ConfigError("", f"cannot parse arguments: {e}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"file not found: {path}")
+    try:
+        data = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError and friends: report the file, not a traceback
+        raise ConfigError("", f"{path}: not valid YAML ({e})") from None
+    if data is None or not OmegaConf.is_dict(data):
+        raise ConfigError("", f"{path}: expected a mapping of key: value at the top level")
+    return _plain(data)
+
+
+def merge(base: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, everything else in ``delta`` replaces ``base``."""
+    out = dict(base)
+    for key, value in delta.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def declared_names(folder: str | Path) -> list[str]:
+    """Names of the YAML declarations in a folder (recipes/, data_filters/, tokenizers/)."""
+    return sorted(p.stem for p in Path(folder).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def resolve_declaration(kind: str, name_or_path: str, folder: str | Path) -> Path:
+    """A declaration by name (``folder/NAME.yaml``) or by explicit path; errors list the valid names."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        return candidate
+    path = Path(folder) / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(kind, f"unknown {kind} {name_or_path!r}; valid choices: {', '.join(declared_names(folder))}")
+    return path
+
+
+def load_declaration(kind: str, name_or_path: str, folder: str | Path) -> dict[str, Any]:
+    """Load a YAML declaration, following ``base: NAME`` chains (a delta over another file of the folder)."""
+    seen: list[Path] = []
+    path = resolve_declaration(kind, name_or_path, folder)
+    layers: list[dict[str, Any]] = []
+    while True:
+        if path in seen:
+            raise ConfigError("base", f"cycle of bases: {' -> '.join(p.stem for p in [*seen, path])}")
+        seen.append(path)
+        data = load_yaml(path)
+        base = data.pop("base", None)
+        layers.append(data)
+        if base is None:
+            break
+        path = resolve_declaration(kind, str(base), folder)
+    merged: dict[str, Any] = {}
+    for layer in reversed(layers):
+        merged = merge(merged, layer)
+    return merged
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Typed building
+
+
+def build(cls: type[T], data: Mapping[str, Any] | None = None, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, validating keys, types and choices."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls} is not a dataclass")
+    data = {} if data is None else data
+    if not isinstance(data, Mapping):
+        raise ConfigError(prefix, f"expected a mapping of keys, got {data!r}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise ConfigError(path, f"unknown key; valid keys: {', '.join(sorted(fields))}")
+        kwargs[key] = _coerce(hints[key], value, path)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise (e.under(prefix) if prefix else e) from None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError as e:
+                errors.append(e.message)
+        raise ConfigError(path, "; ".join(errors))
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(path, f"invalid value {value!r}; valid choices: {', '.join(map(str, args))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return build(tp, value, path)
+    if origin in (list, tuple, Sequence) or tp in (list, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, f"expected a list, got {value!r}")
+        item = args[0] if args else Any
+        items = [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple or tp is tuple else items
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(path, f"expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(path, f"expected true or false, got {value!r}")
+    if tp is int:
+        number = _number(value, path)
+        if number != int(number):
+            raise ConfigError(path, f"expected an integer, got {value!r}")
+        return int(number)
+    if tp is float:
+        return float(_number(value, path))
+    if tp is str:
+        if isinstance(value, (Mapping, list, tuple)):
+            raise ConfigError(path, f"expected a string, got {value!r}")
+        return str(value)
+    if tp is Path:
+        return Path(str(value))
+    return value
+
+
+def _number(value: Any, path: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(path, f"expected a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value.replace("_", "")) if not value.strip().lstrip("-").isdigit() else int(value)
+        except ValueError:
+            pass
+    raise ConfigError(path, f"expected a number, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def cli_main(fn: Callable[[list[str]], int | None]) -> Callable[[], None]:
+    """Wrap a launch script's ``main(argv)``: user errors print as one line and exit 2, not as a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper() -> None:
+        try:
+            code = fn(sys.argv[1:])
+        except (ConfigError, UserError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+        sys.exit(code or 0)
+
+    return wrapper
+
+
+def split_args(argv: Sequence[str], positional: int = 0) -> tuple[list[str], dict[str, Any]]:
+    """Split ``argv`` into up to ``positional`` leading words (sub-commands) and parsed key=value overrides."""
+    words: list[str] = []
+    rest = list(argv)
+    while rest and len(words) < positional and "=" not in rest[0]:
+        words.append(rest.pop(0))
+    return words, parse_overrides(rest)
