@@ -1,0 +1,87 @@
+"""Attention backends behind one function, proven equal by tests/model/test_attention.py.
+
+``attend(q, k, v, backend=..., doc_ids=...)`` takes queries ``(B, H, T, D)`` and keys/values ``(B, KV, S, D)`` with
+``H`` a multiple of ``KV`` (GQA/MQA) and ``S >= T``: the ``T`` queries are the last ``T`` positions of the ``S`` keys
+(the KV-cache case), so causality is aligned bottom-right.
+
+- ``sdpa``: ``F.scaled_dot_product_attention`` with ``enable_gqa`` (no repeated K/V materialised); the default.
+- ``flash``: flash-attn 2 when importable and on CUDA; otherwise, or with document masking, SDPA computes the same.
+- ``eager``: the plain reference: repeat K/V, softmax(QK^T / sqrt(D)) V in fp32.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    backend: str = "sdpa",
+    doc_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal attention; with ``doc_ids`` (B, T) also no attention across document boundaries (packed samples)."""
+    if backend == "flash" and doc_ids is None and q.is_cuda and _flash_attn_func() is not None:
+        return _flash(q, k, v)
+    if backend == "eager":
+        return _eager(q, k, v, doc_ids)
+    return _sdpa(q, k, v, doc_ids)
+
+
+def attention_mask(t: int, s: int, device: torch.device, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean mask (True = attend): (T, S), or (B, 1, T, S) with documents."""
+    query_pos = torch.arange(s - t, s, device=device)[:, None]
+    key_pos = torch.arange(s, device=device)[None, :]
+    mask = key_pos <= query_pos
+    if doc_ids is not None:
+        if doc_ids.shape[-1] != s:
+            raise ValueError("document masking needs doc_ids for every key position (no KV cache)")
+        same_doc = doc_ids[:, None, -t:, None] == doc_ids[:, None, None, :]
+        mask = mask & same_doc
+    return mask
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
+    t, s = q.shape[-2], k.shape[-2]
+    gqa = q.shape[1] != k.shape[1]
+    if doc_ids is None and t == s:  # the fused causal kernels need no mask tensor
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    mask = attention_mask(t, s, q.device, doc_ids)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
+def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)
+    v = v.repeat_interleave(groups, dim=1)
+    t, s = q.shape[-2], k.shape[-2]
+    scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    mask = attention_mask(t, s, q.device, doc_ids)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)
+
+
+def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    # flash-attn takes (B, T, H, D), handles GQA natively and aligns causality bottom-right when T < S.
+    out = _flash_attn_func()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+    return out.transpose(1, 2)
+
+
+@functools.cache
+def _flash_attn_func():
+    """flash_attn_func if flash-attn is installed, else None (imported lazily: it cannot build on CPU machines)."""
+    try:
+        from flash_attn import flash_attn_func
+    except ImportError:
+        return None
+    return flash_attn_func
+
+
+def flash_available() -> bool:
+    return _flash_attn_func() is not None and torch.cuda.is_available()

@@ -1,0 +1,76 @@
+"""Named model configs: published small models with their released shapes, plus tiny sizes for tests and the demo.
+
+A plain dict, as litgpt's ``name_to_config``: add a model by adding an entry. Every published entry reproduces the
+released checkpoint's parameter count exactly (tests/model/test_presets.py holds the published counts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from slmtrain.config import ConfigError, build
+from slmtrain.model.config import ModelConfig, RopeScaling
+
+_LLAMA3_ROPE = RopeScaling(kind="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=8192)
+
+PRESETS: dict[str, ModelConfig] = {
+    # SmolLM2 (Hugging Face, 2024): Llama architecture, tied embeddings, 49152-token vocabulary.
+    "smollm2-135m": ModelConfig(vocab_size=49152, n_layer=30, d_model=576, n_head=9, n_kv_head=3, ffn_hidden=1536,
+                                rope_theta=100000.0, max_seq_len=8192),
+    "smollm2-360m": ModelConfig(vocab_size=49152, n_layer=32, d_model=960, n_head=15, n_kv_head=5, ffn_hidden=2560,
+                                rope_theta=100000.0, max_seq_len=8192),
+    "smollm2-1.7b": ModelConfig(vocab_size=49152, n_layer=24, d_model=2048, n_head=32, n_kv_head=32, ffn_hidden=8192,
+                                rope_theta=130000.0, max_seq_len=8192),
+    # MobileLLM (Liu et al., 2024): deep-and-thin, GQA, embedding sharing.
+    "mobilellm-125m": ModelConfig(vocab_size=32000, n_layer=30, d_model=576, n_head=9, n_kv_head=3, ffn_hidden=1536,
+                                  max_seq_len=2048),
+    "mobilellm-350m": ModelConfig(vocab_size=32000, n_layer=32, d_model=960, n_head=15, n_kv_head=5, ffn_hidden=2560,
+                                  max_seq_len=2048),
+    # TinyLlama 1.1B (Zhang et al., 2024): Llama 2 architecture, untied head.
+    "tinyllama-1.1b": ModelConfig(vocab_size=32000, n_layer=22, d_model=2048, n_head=32, n_kv_head=4, ffn_hidden=5632,
+                                  max_seq_len=2048, tie_embeddings=False),
+    # Llama 3.2 (Meta, 2024): tied embeddings, llama3 RoPE scaling to 128k.
+    "llama3.2-1b": ModelConfig(vocab_size=128256, n_layer=16, d_model=2048, n_head=32, n_kv_head=8, ffn_hidden=8192,
+                               rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE, max_seq_len=131072),
+    "llama3.2-3b": ModelConfig(vocab_size=128256, n_layer=28, d_model=3072, n_head=24, n_kv_head=8, ffn_hidden=8192,
+                               rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE, max_seq_len=131072),
+    # Qwen2.5 (Alibaba, 2024): q/k/v biases, tied embeddings at these sizes.
+    "qwen2.5-0.5b": ModelConfig(vocab_size=151936, n_layer=24, d_model=896, n_head=14, n_kv_head=2, ffn_hidden=4864,
+                                rope_theta=1000000.0, norm_eps=1e-6, qkv_bias=True, max_seq_len=32768),
+    "qwen2.5-1.5b": ModelConfig(vocab_size=151936, n_layer=28, d_model=1536, n_head=12, n_kv_head=2, ffn_hidden=8960,
+                                rope_theta=1000000.0, norm_eps=1e-6, qkv_bias=True, max_seq_len=32768),
+    # Tiny sizes: unit tests (tiny*) and the CPU demo (demo-*); vocab is usually overridden by the tokenizer.
+    "tiny": ModelConfig(vocab_size=256, n_layer=2, d_model=64, n_head=4, n_kv_head=2, ffn_hidden=128, max_seq_len=128),
+    "tiny-mha": ModelConfig(vocab_size=256, n_layer=2, d_model=64, n_head=4, ffn_hidden=128, max_seq_len=128,
+                            tie_embeddings=False),
+    "demo-8m": ModelConfig(vocab_size=4096, n_layer=6, d_model=256, n_head=8, n_kv_head=4, ffn_hidden=688,
+                           max_seq_len=256),
+}
+
+
+def names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get(name: str, **overrides: Any) -> ModelConfig:
+    """The named config (a fresh copy), with optional field overrides validated like any config."""
+    if name not in PRESETS:
+        raise ConfigError("model", f"unknown preset {name!r}; valid choices: {', '.join(names())}")
+    base = dataclasses.asdict(PRESETS[name])
+    for key, value in overrides.items():
+        base[key] = value
+    return build(ModelConfig, base)
+
+
+def resolve(spec: str | dict[str, Any] | ModelConfig) -> ModelConfig:
+    """A model given as a preset name, a mapping with an optional ``preset`` key plus overrides, or a config."""
+    if isinstance(spec, ModelConfig):
+        return spec
+    if isinstance(spec, str):
+        return get(spec)
+    fields = dict(spec)
+    preset = fields.pop("preset", None)
+    if preset is None:
+        return build(ModelConfig, fields)
+    return get(str(preset), **fields)

@@ -1,0 +1,287 @@
+"""The decoder-only transformer, readable top to bottom: norm, RoPE, attention, MLP, block, model, generate().
+
+No distribution or compilation code lives here: `slmtrain.train.parallel` applies torch.compile, DDP and FSDP to an
+unchanged model. Weight layout follows the Llama family (pre-norm, RoPE with rotate-half, gated MLP) so that
+`slmtrain.model.hf` maps it to transformers one tensor at a time; q/k/v and gate/up are fused into single matmuls.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slmtrain.model.attention import attend
+from slmtrain.model.config import ModelConfig, RopeScaling
+
+
+def make_norm(config: ModelConfig, dim: int) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=config.norm_eps)
+    return nn.LayerNorm(dim, eps=config.norm_eps)
+
+
+# ------------------------------------------------------------------------------------------------------------ RoPE
+def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling) -> torch.Tensor:
+    """Per-pair rotation frequencies, with linear (position interpolation) or Llama-3 frequency scaling."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    if scaling.kind == "linear":
+        inv_freq = inv_freq / scaling.factor
+    elif scaling.kind == "llama3":
+        # Llama 3.1: long wavelengths are divided by `factor`, short ones kept, the band between interpolated.
+        low_freq_wavelen = scaling.original_max_seq_len / scaling.low_freq_factor
+        high_freq_wavelen = scaling.original_max_seq_len / scaling.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (scaling.original_max_seq_len / wavelen - scaling.low_freq_factor) / (
+            scaling.high_freq_factor - scaling.low_freq_factor
+        )
+        interpolated = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+        inv_freq = torch.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+        between = (wavelen <= low_freq_wavelen) & (wavelen >= high_freq_wavelen)
+        inv_freq = torch.where(between, interpolated, inv_freq)
+    return inv_freq.float()
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables (T, head_dim) in fp32 for the given positions."""
+    freqs = positions.float()[:, None] * inv_freq[None, :]
+    angles = torch.cat((freqs, freqs), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, D) by position: the rotate-half convention of Llama/transformers."""
+    first, second = x.chunk(2, dim=-1)
+    rotated = torch.cat((-second, first), dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------------------------- KV cache
+class KVCache:
+    """Preallocated keys and values of every layer for incremental decoding."""
+
+    def __init__(self, config: ModelConfig, batch: int, max_len: int, device: torch.device, dtype: torch.dtype):
+        shape = (config.n_layer, batch, config.kv_heads, max_len, config.head_dim_)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.length = 0  # positions already filled, valid for every layer once a forward pass completes
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[-2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions needed, {self.max_len} allocated")
+        self.keys[layer, :, :, self.length : end] = k
+        self.values[layer, :, :, self.length : end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+# ------------------------------------------------------------------------------------------------------ the block
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head, self.kv_heads, self.head_dim = config.n_head, config.kv_heads, config.head_dim_
+        self.backend = config.attention_backend
+        qkv_out = (self.n_head + 2 * self.kv_heads) * self.head_dim
+        self.qkv = nn.Linear(config.d_model, qkv_out, bias=config.qkv_bias)
+        self.out = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=False)
+        self.q_norm = make_norm(config, self.head_dim) if config.qk_norm else None
+        self.k_norm = make_norm(config, self.head_dim) if config.qk_norm else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        doc_ids: torch.Tensor | None,
+        cache: KVCache | None,
+        layer: int,
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).split(
+            [self.n_head * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1
+        )
+        q = q.view(b, t, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        y = attend(q, k, v, backend=self.backend, doc_ids=doc_ids)
+        return self.out(y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
+
+
+class MLP(nn.Module):
+    """Gated (SwiGLU, GeGLU: act(x W_gate) * (x W_up)) or plain (GELU, ReLU) feed-forward."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gated = config.gated_ffn
+        self.act = {"swiglu": F.silu, "geglu": _gelu_tanh, "gelu": F.gelu, "relu": F.relu}[config.ffn]
+        self.up = nn.Linear(config.d_model, (2 if self.gated else 1) * config.ffn_dim, bias=False)
+        self.down = nn.Linear(config.ffn_dim, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            gate, up = self.up(x).chunk(2, dim=-1)
+            return self.down(self.act(gate) * up)
+        return self.down(self.act(self.up(x)))
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attn_norm = make_norm(config, config.d_model)
+        self.attn = Attention(config)
+        self.mlp_norm = make_norm(config, config.d_model)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope, doc_ids, cache, layer):
+        x = x + self.attn(self.attn_norm(x), rope, doc_ids, cache, layer)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+# ------------------------------------------------------------------------------------------------------ the model
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.padded_vocab_size, config.d_model)
+        self.pos_embed = nn.Embedding(config.max_seq_len, config.d_model) if config.position == "learned" else None
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm = make_norm(config, config.d_model)
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        inv_freq = rope_inverse_frequencies(config.head_dim_, config.rope_theta, config.rope_scaling)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """N(0, init_std) for every matrix; residual output projections scaled by 1/sqrt(2 n_layer); zero biases;
+        unit norms. Called at construction and after materialising a model built on the meta device."""
+        std = self.config.init_std
+        residual_std = std / math.sqrt(2 * self.config.n_layer) if self.config.scaled_residual_init else std
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                is_residual_out = name.endswith("attn.out") or name.endswith("mlp.down")
+                nn.init.normal_(module.weight, mean=0.0, std=residual_std if is_residual_out else std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, (nn.RMSNorm, nn.LayerNorm)):
+                module.reset_parameters()
+        self.inv_freq.copy_(
+            rope_inverse_frequencies(self.config.head_dim_, self.config.rope_theta, self.config.rope_scaling)
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        doc_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab_size). ``doc_ids`` (B, T) masks attention across packed documents."""
+        t = input_ids.shape[1]
+        start = 0 if cache is None else cache.length
+        if start + t > self.config.max_seq_len:
+            raise ValueError(f"sequence of {start + t} tokens exceeds max_seq_len={self.config.max_seq_len}")
+        positions = torch.arange(start, start + t, device=input_ids.device)
+        x = self.embed(input_ids)
+        rope = None
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions)
+        else:
+            rope = rope_cos_sin(positions, self.inv_freq)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, rope, doc_ids, cache, layer)
+        if cache is not None:
+            cache.length += t
+        logits = self.lm_head(self.norm(x))
+        if self.config.padded_vocab_size != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]
+        return logits
+
+    def check_token_ids(self, input_ids: torch.Tensor) -> None:
+        """A clear error for ids outside the vocabulary (an embedding lookup would fail obscurely)."""
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+            raise ValueError(
+                f"token id out of range: ids span [{int(input_ids.min())}, {int(input_ids.max())}] "
+                f"but vocab_size={self.config.vocab_size}"
+            )
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def estimate_flops(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token (forward + backward), from the config's exact accounting."""
+        return self.config.train_flops_per_token(seq_len)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Continue each row of ``input_ids`` (B, T). ``temperature=0`` is greedy. Uses a KV cache; rows that emit
+        ``eos_id`` keep emitting it. Returns (B, T + new) token ids."""
+        self.check_token_ids(input_ids)
+        b, t = input_ids.shape
+        total = min(t + max_new_tokens, self.config.max_seq_len)
+        dtype = next(self.parameters()).dtype
+        cache = KVCache(self.config, b, total, input_ids.device, dtype)
+        out = input_ids
+        logits = self(input_ids, cache=cache)[:, -1]
+        finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        for _ in range(total - t):
+            next_id = sample_next(logits, temperature, top_k, top_p, generator)
+            if eos_id is not None:
+                next_id = torch.where(finished, torch.full_like(next_id, eos_id), next_id)
+                finished |= next_id == eos_id
+            out = torch.cat((out, next_id[:, None]), dim=1)
+            if eos_id is not None and bool(finished.all()):
+                break
+            if out.shape[1] < total:
+                logits = self(next_id[:, None], cache=cache)[:, -1]
+        return out
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """One token per row from (B, V) logits: greedy at temperature 0, else top-k then nucleus (top-p) sampling."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative - sorted_logits.softmax(dim=-1) > top_p  # keep the smallest prefix reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
