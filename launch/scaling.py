@@ -1,0 +1,43 @@
+"""Scaling laws from the command line.
+
+    python launch/scaling.py fit runs=FILE.csv|RUN_DIR[,...] [method=chinchilla|epoch] [drop_highest=5] [format=json]
+    python launch/scaling.py budget compute=5.76e23 [law=chinchilla|epoch|FILE | E=.. A=.. B=.. alpha=.. beta=..]
+    python launch/scaling.py budget target_loss=2.1 inference_tokens=2e12 [hardware=h100-sxm train_mfu=0.5 ...]
+    python launch/scaling.py budget device=jetson-orin-nano-8gb precision=int4 context=4096 min_tokens_per_s=20
+    python launch/scaling.py budget params=135e6 policy=inference_optimal inference_tokens=1e13
+    python launch/scaling.py sweep ...   (needs the trainer, slmtrain.train)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+# The repo root replaces this script's folder on the path: launch/tokenize.py would shadow the stdlib tokenize.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from slmtrain.config import ConfigError, cli_main, split_args  # noqa: E402
+from slmtrain.scaling.commands import run_budget, run_fit  # noqa: E402
+
+COMMANDS = ("fit", "budget", "sweep")
+
+
+def main(argv: list[str]) -> int:
+    words, options = split_args(argv, positional=1)
+    if not words or words[0] not in COMMANDS:
+        raise ConfigError("command", f"give a sub-command first; valid choices: {', '.join(COMMANDS)}")
+    if words[0] == "sweep":
+        raise ConfigError("sweep", "not available yet: running a grid needs the trainer (slmtrain.train); "
+                                   "slmtrain.scaling.sweep.plan_grid already plans it")
+    result = run_fit(options) if words[0] == "fit" else run_budget(options)
+    if options.get("format") == "json":
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)()

@@ -1,0 +1,220 @@
+"""Device profiles and deployment constraints: which model fits a device and decodes fast enough.
+
+Single-stream decoding reads every weight and the whole KV cache once per generated token, so its speed is bounded
+by memory bandwidth: tokens/s ~= bandwidth / (weight bytes + KV bytes at the context length). That roofline is an
+upper bound (real kernels reach perhaps 50-80% of it); ``bandwidth_efficiency`` scales it.
+
+Figures are vendors' published specifications; where a vendor publishes only a sparse or marketing number, the
+dense figure derived from it is marked in ``source``. ``power_watts`` is None where no figure is published.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from slmtrain.config import ConfigError, UserError, require
+from slmtrain.model.config import BYTES_PER_WEIGHT, ModelConfig
+from slmtrain.scaling.budget import CostModel, lifetime_optimal_tokens
+from slmtrain.scaling.laws import ScalingLaw
+
+GB = 1e9
+SHAPE_FAMILIES = {"balanced": 64, "deep-thin": 24}  # d_model / n_layer: GPT-2/Kaplan-like vs MobileLLM-like
+HEAD_DIM = 64
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    memory_bytes: float
+    memory_bandwidth: float  # bytes/s
+    peak_flops: dict[str, float]  # dense FLOP/s (or OP/s for integer types) per precision
+    power_watts: float | None
+    source: str
+
+    def flops(self, precision: str) -> float:
+        if precision not in self.peak_flops:
+            raise ConfigError("precision", f"device {self.name} has no published peak for {precision!r}; "
+                                           f"valid choices: {', '.join(self.peak_flops)}")
+        return self.peak_flops[precision]
+
+
+DEVICES: dict[str, DeviceProfile] = {p.name: p for p in (
+    DeviceProfile("jetson-agx-orin-64gb", 64 * GB, 204.8 * GB,
+                  {"fp32": 5.3e12, "fp16": 85e12, "bf16": 85e12, "int8": 170e12}, 60.0,
+                  "NVIDIA Jetson AGX Orin Series data sheet (2023): 64 GB LPDDR5 204.8 GB/s, 275 sparse INT8 TOPS "
+                  "(GPU 170 + DLA 105), GPU FP32 5.3 TFLOPS, 15-60 W; GPU dense INT8 = 170/2, FP16 = INT8/2 derived"),
+    DeviceProfile("jetson-orin-nano-8gb", 8 * GB, 68 * GB,
+                  {"fp32": 1.28e12, "fp16": 10e12, "bf16": 10e12, "int8": 20e12}, 15.0,
+                  "NVIDIA Jetson Orin Nano data sheet (2023): 8 GB LPDDR5 68 GB/s, 40 sparse INT8 TOPS, 7-15 W; "
+                  "dense INT8 = 40/2 and FP16 = INT8/2 derived; FP32 = 1024 CUDA cores x 2 x 625 MHz"),
+    DeviceProfile("apple-m3-max-128gb", 128 * GB, 400 * GB,
+                  {"fp32": 14.2e12, "fp16": 14.2e12, "int8": 18e12}, None,
+                  "Apple M3 Max press release (Oct 2023): up to 128 GB unified memory, 400 GB/s, 16-core Neural "
+                  "Engine 18 TOPS; GPU FP32 derived: 40 cores x 128 ALUs x 2 x ~1.4 GHz; no official power figure"),
+    DeviceProfile("apple-a17-pro", 8 * GB, 51.2 * GB,
+                  {"fp16": 2.1e12, "int8": 35e12}, None,
+                  "Apple iPhone 15 Pro (Sept 2023): Neural Engine 35 TOPS (Apple); 8 GB LPDDR5-6400 x 64 bit = "
+                  "51.2 GB/s (teardown figures); GPU FP16 ~2.1 TFLOPS (third-party estimate); no official power"),
+    DeviceProfile("snapdragon-8-gen-3", 12 * GB, 76.8 * GB,
+                  {"fp16": 17e12, "int8": 34e12}, None,
+                  "Qualcomm Snapdragon 8 Gen 3 product brief (2023): LPDDR5X up to 4800 MHz (9.6 GT/s x 64 bit = "
+                  "76.8 GB/s), up to 24 GB (12 GB typical flagship phone); Hexagon NPU ~34 dense INT8 TOPS and "
+                  "FP16 half of it are third-party estimates (Qualcomm publishes no TOPS figure); no official power"),
+    DeviceProfile("h100-sxm", 80 * GB, 3.35e12,
+                  {"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12, "fp8": 1978.9e12,
+                   "int8": 1978.9e12}, 700.0,
+                  "NVIDIA H100 Tensor Core GPU data sheet (SXM5): 80 GB HBM3 3.35 TB/s, dense BF16 989.4 TFLOPS "
+                  "(1979 with sparsity), FP8 1979, up to 700 W"),
+    DeviceProfile("h200", 141 * GB, 4.8e12,
+                  {"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12, "fp8": 1978.9e12,
+                   "int8": 1978.9e12}, 700.0,
+                  "NVIDIA H200 Tensor Core GPU data sheet (SXM): 141 GB HBM3e 4.8 TB/s, same compute as H100 SXM "
+                  "(dense BF16 989.4 TFLOPS), up to 700 W"),
+)}
+
+
+def device_names() -> list[str]:
+    return sorted(DEVICES)
+
+
+def get_device(name: str) -> DeviceProfile:
+    if name not in DEVICES:
+        raise ConfigError("device", f"unknown device {name!r}; valid choices: {', '.join(device_names())}")
+    return DEVICES[name]
+
+
+@dataclass
+class Deployment:
+    """Single-stream serving of one model on one device."""
+
+    device: str
+    precision: str = "int4"  # weights
+    context: int = 4096  # tokens held in the KV cache
+    min_tokens_per_s: float = 20.0
+    memory_fraction: float = 0.5  # of device memory the model may use (the OS and apps keep the rest)
+    kv_bytes: float = 2.0  # per cached value (fp16)
+    bandwidth_efficiency: float = 1.0  # fraction of peak bandwidth decode reaches; 1.0 = roofline bound
+
+    def __post_init__(self) -> None:
+        get_device(self.device)
+        if self.precision not in BYTES_PER_WEIGHT:
+            raise ConfigError("precision", f"invalid value {self.precision!r}; valid choices: "
+                                           f"{', '.join(BYTES_PER_WEIGHT)}")
+        require(self.context > 0, "context", f"must be positive, got {self.context}")
+        require(self.min_tokens_per_s >= 0, "min_tokens_per_s", f"must be >= 0, got {self.min_tokens_per_s}")
+        require(0 < self.memory_fraction <= 1, "memory_fraction", f"must be in (0, 1], got {self.memory_fraction}")
+        require(self.kv_bytes > 0, "kv_bytes", f"must be positive, got {self.kv_bytes}")
+        require(0 < self.bandwidth_efficiency <= 1, "bandwidth_efficiency", "must be in (0, 1]")
+
+    @property
+    def profile(self) -> DeviceProfile:
+        return get_device(self.device)
+
+    def memory_needed(self, model: ModelConfig) -> float:
+        return model.weight_bytes(self.precision) + model.kv_cache_bytes_per_token(self.kv_bytes) * self.context
+
+    def decode_tokens_per_s(self, model: ModelConfig) -> float:
+        return self.profile.memory_bandwidth * self.bandwidth_efficiency / self.memory_needed(model)
+
+    def fits(self, model: ModelConfig) -> bool:
+        return (self.memory_needed(model) <= self.memory_fraction * self.profile.memory_bytes
+                and self.decode_tokens_per_s(model) >= self.min_tokens_per_s)
+
+
+def shape_ladder(family: str = "balanced", vocab_size: int = 32000) -> list[ModelConfig]:
+    """Llama-style candidates (SwiGLU, RMSNorm, RoPE, tied embeddings, GQA with 4 query heads per KV head,
+    head_dim 64) at widths 256, 512, ..., 8192 with depth set by the family's aspect ratio d_model / n_layer."""
+    if family not in SHAPE_FAMILIES:
+        raise ConfigError("family", f"invalid value {family!r}; valid choices: {', '.join(SHAPE_FAMILIES)}")
+    ladder = []
+    for d_model in range(4 * HEAD_DIM, 8192 + 1, 4 * HEAD_DIM):
+        n_head = d_model // HEAD_DIM
+        n_kv_head = n_head // 4
+        n_layer = max(2, round(d_model / SHAPE_FAMILIES[family]))
+        ladder.append(ModelConfig(vocab_size=vocab_size, n_layer=n_layer, d_model=d_model, n_head=n_head,
+                                  n_kv_head=n_kv_head))
+    return ladder
+
+
+@dataclass
+class DevicePlan:
+    model: ModelConfig
+    params: float
+    tokens: float
+    loss: float
+    compute_optimal_tokens: float
+    train_flops: float
+    inference_flops: float
+    memory_bytes: float
+    decode_tokens_per_s: float
+    cost: float | None = None
+
+    @property
+    def tokens_per_param(self) -> float:
+        return self.tokens / self.params
+
+    @property
+    def overtraining_factor(self) -> float:
+        """Tokens per parameter relative to the law's compute-optimal tokens per parameter for this N."""
+        return self.tokens / self.compute_optimal_tokens
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "params": self.params, "tokens": self.tokens, "tokens_per_param": self.tokens_per_param,
+            "loss": self.loss, "train_flops": self.train_flops, "inference_flops": self.inference_flops,
+            "lifetime_flops": self.train_flops + self.inference_flops,
+            "compute_optimal_tokens_per_param": self.compute_optimal_tokens / self.params,
+            "overtraining_factor": self.overtraining_factor, "memory_bytes": self.memory_bytes,
+            "decode_tokens_per_s": self.decode_tokens_per_s,
+            "shape": {k: getattr(self.model, k) for k in ("n_layer", "d_model", "n_head", "n_kv_head", "ffn_dim",
+                                                           "vocab_size")},
+        }
+        if self.cost is not None:
+            out["cost"] = self.cost
+        return out
+
+
+def plan_for_device(law: ScalingLaw, deployment: Deployment, inference_tokens: float = 0.0,
+                    target_loss: float | None = None, family: str = "balanced", vocab_size: int = 32000,
+                    cost: CostModel | None = None) -> DevicePlan:
+    """Pick a shape from the ladder and its training tokens under the deployment constraints.
+
+    With ``target_loss``: among feasible shapes able to reach it, the one with the least lifetime FLOPs
+    6 N D(N) + 2 N T, D(N) being the tokens reaching the target. Without: the largest feasible shape (the best
+    loss the device can serve), trained on its lifetime-optimal tokens for ``inference_tokens`` (Sardana).
+    """
+    require(inference_tokens >= 0, "inference_tokens", f"must be >= 0, got {inference_tokens}")
+    ladder = shape_ladder(family, vocab_size)
+    feasible = [m for m in ladder if deployment.fits(m)]
+    if not feasible:
+        smallest = ladder[0]
+        raise ConfigError("device", (
+            f"infeasible deployment on {deployment.device}: even the smallest candidate ({smallest.params():,} "
+            f"params) needs {deployment.memory_needed(smallest) / GB:.3g} GB of the "
+            f"{deployment.memory_fraction * deployment.profile.memory_bytes / GB:.3g} GB allowed and decodes at "
+            f"{deployment.decode_tokens_per_s(smallest):.3g} tokens/s (target {deployment.min_tokens_per_s:g}); "
+            "lower the precision, the context or the speed target"))
+    if target_loss is None:
+        model = feasible[-1]
+        params = float(model.params())
+        tokens = lifetime_optimal_tokens(law, params, 6.0, 2.0 * inference_tokens)
+    else:
+        reachable = [m for m in feasible if m.params() > law.min_params_for_loss(target_loss)]
+        if not reachable:
+            largest = feasible[-1].params()
+            raise UserError(f"no model that fits {deployment.device} reaches loss {target_loss}: the largest feasible "
+                            f"has {largest:,} params and a loss floor of {law.E + law.A / largest**law.alpha:.4f}")
+
+        def lifetime(m: ModelConfig) -> float:
+            n = float(m.params())
+            return 6 * n * law.tokens_for_loss(n, target_loss) + 2 * n * inference_tokens
+
+        model = min(reachable, key=lifetime)
+        params = float(model.params())
+        tokens = law.tokens_for_loss(params, target_loss)
+    dollars = None
+    if cost is not None:
+        dollars = params * (6 * tokens * cost.dollars_per_flop("train") + 2 * inference_tokens * cost.dollars_per_flop("decode"))
+    return DevicePlan(model, params, tokens, law.loss(params, tokens), law.compute_optimal_tokens(params),
+                      6 * params * tokens, 2 * params * inference_tokens, deployment.memory_needed(model),
+                      deployment.decode_tokens_per_s(model), dollars)
