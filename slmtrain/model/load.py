@@ -1,0 +1,89 @@
+"""One loader for every way a model is named: a preset (random weights), a Hugging Face directory, an slmtrain run
+directory or training checkpoint. Evaluation, export and benchmarks take any of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from slmtrain.config import UserError
+from slmtrain.model import presets
+from slmtrain.model.hf import load_hf
+from slmtrain.model.transformer import Transformer
+
+
+class TextTokenizer(Protocol):
+    bos_id: int | None
+    eos_id: int | None
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+@dataclass
+class LoadedModel:
+    model: Transformer
+    tokenizer: TextTokenizer | None
+    source: str
+
+
+class HFTokenizer:
+    """A transformers tokenizer behind the small interface slmtrain uses (no special tokens added by encode)."""
+
+    def __init__(self, path: Path):
+        from transformers import AutoTokenizer
+
+        self.inner = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        self.bos_id = self.inner.bos_token_id
+        self.eos_id = self.inner.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.inner.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.inner.decode(ids, skip_special_tokens=True)
+
+    def save_hf(self, out_dir: str | Path) -> None:
+        self.inner.save_pretrained(str(out_dir))
+
+
+def load_model(spec: str | Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    path = Path(spec)
+    if not path.exists():
+        if str(spec) in presets.PRESETS:
+            torch.manual_seed(0)
+            return LoadedModel(Transformer(presets.get(str(spec))).to(dtype).eval(), None, f"preset {spec} (random)")
+        raise UserError(f"model not found: {spec} is neither a path nor a preset ({', '.join(presets.names())})")
+    if path.is_dir() and (path / "config.json").is_file():
+        return LoadedModel(load_hf(path, dtype), _hf_tokenizer(path), f"hf {path}")
+    if path.is_dir():  # an slmtrain run directory: its export if it has one, else its last checkpoint
+        if (path / "hf" / "config.json").is_file():
+            return load_model(path / "hf", dtype)
+        path = path / "checkpoints" / "last.ckpt"
+    from slmtrain.train.checkpoint import model_from_checkpoint
+
+    model, hparams = model_from_checkpoint(path, dtype)
+    return LoadedModel(model, _checkpoint_tokenizer(hparams), f"checkpoint {path}")
+
+
+def _hf_tokenizer(path: Path) -> TextTokenizer | None:
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        return None
+    return HFTokenizer(path)
+
+
+def _checkpoint_tokenizer(hparams: dict) -> TextTokenizer | None:
+    import json
+
+    from slmtrain.tokenizer import Tokenizer
+
+    shards = Path(hparams.get("train_config", {}).get("data", {}).get("shards", ""))
+    meta = shards / "meta.json"
+    if not meta.is_file():
+        return None
+    folder = Path(json.loads(meta.read_text())["tokenizer_model"]).parent
+    return Tokenizer.load(folder) if folder.is_dir() else None

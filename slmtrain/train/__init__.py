@@ -1,0 +1,1 @@
+"""Pretraining with PyTorch Lightning: config, data order, module, callbacks, checkpoints, parallelism."""

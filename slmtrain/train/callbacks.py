@@ -1,0 +1,125 @@
+"""Callbacks: per-step metrics (loss, lr, grad norm, tokens, tokens/s, MFU) to RUN_DIR/metrics.csv and the loggers."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+# Dense bf16 peak FLOP/s per device, from the vendors' data sheets (without sparsity).
+GPU_PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10G": 70e12,
+    "RTX 4090": 165e12,
+    "V100": 125e12,
+}
+
+METRIC_COLUMNS = ("step", "train_loss", "val_loss", "lr", "grad_norm", "tokens_seen", "tokens_per_s", "mfu")
+
+
+def device_peak_flops(device: torch.device) -> tuple[float, str]:
+    """Peak FLOP/s of one device and where the figure comes from (table for GPUs, a measured matmul on CPU)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peak in GPU_PEAK_FLOPS.items():
+            if key in name:
+                return peak, f"{key} bf16 data sheet"
+        return float("nan"), f"unknown GPU {name!r}"
+    return measured_cpu_peak_flops(), "measured fp32 matmul"
+
+
+def measured_cpu_peak_flops(size: int = 512, seconds: float = 0.2) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - start)
+
+
+class MetricsLogger(pl.Callback):
+    """One CSV row per logged optimizer step (and per validation); on resume, rows after the restored step are
+    dropped so that the file reads as if the run had never stopped."""
+
+    def __init__(self, path: Path, every_n_steps: int, tokens_per_step: int, flops_per_token: float):
+        self.path, self.every_n_steps = path, every_n_steps
+        self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
+        self.peak_flops = float("nan")
+        self.step_losses: list[torch.Tensor] = []
+        self.step_started = 0.0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        peak, _ = device_peak_flops(pl_module.device)
+        self.peak_flops = peak * trainer.world_size
+        if trainer.is_global_zero:
+            self._truncate_after(trainer.global_step)
+        self.step_started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if outputs:  # None or {} when a non-finite batch was skipped
+            self.step_losses.append(outputs["loss"].detach() * trainer.accumulate_grad_batches)
+        if (batch_idx + 1) % trainer.accumulate_grad_batches != 0:
+            return
+        step = trainer.global_step
+        now = time.perf_counter()
+        tokens_per_s = self.tokens_per_step / max(now - self.step_started, 1e-9)
+        self.step_started = now
+        losses, self.step_losses = self.step_losses, []
+        if step % self.every_n_steps and step != trainer.max_steps:
+            return
+        mfu = self.flops_per_token * tokens_per_s / self.peak_flops
+        pl_module.log_dict({"tokens_per_s": tokens_per_s, "mfu": mfu}, prog_bar=True, on_step=True, on_epoch=False)
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        row = {
+            "step": step,
+            "train_loss": float(torch.stack(losses).mean()) if losses else "",  # empty: the step's batch was skipped
+            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "grad_norm": float(metrics["grad_norm"]) if "grad_norm" in metrics else "",
+            "tokens_seen": step * self.tokens_per_step,
+            "tokens_per_s": round(tokens_per_s, 1),
+            "mfu": round(mfu, 5),
+        }
+        self._append(row)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
+        if not fitting or not trainer.is_global_zero or "val_loss" not in trainer.callback_metrics:
+            return
+        step = trainer.global_step
+        self._append({"step": step, "val_loss": float(trainer.callback_metrics["val_loss"]),
+                      "tokens_seen": step * self.tokens_per_step})
+
+    def _append(self, row: dict) -> None:
+        new = not self.path.is_file()
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def _truncate_after(self, step: int) -> None:
+        if not self.path.is_file():
+            return
+        with self.path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(self.path)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, str]]:
+    with Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,143 @@
+"""Packed training samples over token shards, in an order derived from (seed, position) alone.
+
+Sample ``i`` of a split is the window ``tokens[i * seq_len : (i + 1) * seq_len + 1]`` (inputs plus the next-token
+targets). The training stream is the concatenation of per-epoch permutations drawn from ``(seed, epoch)``; global
+stream position ``g`` goes to rank ``g % world``. Resuming at optimizer step ``s`` starts the stream at
+``s * samples_per_step``, so resume, several dataloader workers and several GPUs neither repeat nor skip data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from slmtrain.config import UserError
+from slmtrain.data.shards import TokenSplit, load_meta, open_split
+from slmtrain.train.config import DataConfig
+
+
+class PackedSamples(Dataset):
+    def __init__(self, split: TokenSplit, seq_len: int):
+        self.split, self.seq_len = split, seq_len
+        self.count = (len(split) - 1) // seq_len
+        if self.count < 1:
+            raise UserError(f"split has {len(split)} tokens: too few for one sample of seq_len={seq_len}")
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(self.split.read(index * self.seq_len, self.seq_len + 1))
+
+
+class StreamSampler(Sampler[int]):
+    """Indices of the global sample stream from ``start`` on, for one rank, ``length`` of them."""
+
+    def __init__(self, num_samples: int, seed: int, start: int, length: int, rank: int = 0, world: int = 1):
+        self.num_samples, self.seed, self.start, self.length = num_samples, seed, start, length
+        self.rank, self.world = rank, world
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        position = self.start + self.rank  # global stream position of this rank's next sample
+        epoch, order = -1, np.empty(0, dtype=np.int64)
+        for _ in range(self.length):
+            if position // self.num_samples != epoch:
+                epoch = position // self.num_samples
+                order = epoch_order(self.num_samples, self.seed, epoch)
+            yield int(order[position % self.num_samples])
+            position += self.world
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(num_samples)
+
+
+def document_ids(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Per-position document index within each row: a new document starts after every EOS."""
+    is_eos = (tokens == eos_id).long()
+    return torch.cumsum(is_eos, dim=-1) - is_eos
+
+
+class ShardsDataModule(pl.LightningDataModule):
+    """Train/val loaders over ``train`` and ``val`` splits; the train stream starts where the restored step says."""
+
+    def __init__(self, config: DataConfig, micro_batch: int, accumulate: int, seed: int, total_steps: int):
+        super().__init__()
+        self.config, self.micro_batch, self.accumulate = config, micro_batch, accumulate
+        self.seed, self.total_steps = seed, total_steps
+        self.meta = load_meta(config.shards)
+        self.train_split: TokenSplit | None = None
+        self.val_split: TokenSplit | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.meta["eos_id"])
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_split = open_split(self.config.shards, "train")
+        if "val" in self.meta["splits"] and self.meta["splits"]["val"]["tokens"] > self.config.seq_len:
+            self.val_split = open_split(self.config.shards, "val")
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        world = trainer.world_size if trainer else 1
+        rank = trainer.global_rank if trainer else 0
+        step = trainer.global_step if trainer else 0
+        samples_per_step = self.micro_batch * self.accumulate * world
+        remaining_steps = max(0, self.total_steps - step)
+        dataset = PackedSamples(self.train_split, self.config.seq_len)
+        sampler = StreamSampler(
+            len(dataset), self.seed, start=step * samples_per_step,
+            length=remaining_steps * self.micro_batch * self.accumulate, rank=rank, world=world,
+        )
+        return self._loader(dataset, sampler)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_split is None or self.config.val_samples == 0:
+            return []
+        dataset = PackedSamples(self.val_split, self.config.seq_len)
+        trainer = self.trainer
+        world = trainer.world_size if trainer else 1
+        rank = trainer.global_rank if trainer else 0
+        count = min(len(dataset), self.config.val_samples)
+        indices = list(range(rank, count, world))  # fixed samples, split across ranks
+        return self._loader(torch.utils.data.Subset(dataset, indices), None)
+
+    def _loader(self, dataset: Dataset, sampler: Sampler | None) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=self.micro_batch, sampler=sampler, shuffle=False, drop_last=False,
+            num_workers=self.config.num_workers, persistent_workers=False, pin_memory=torch.cuda.is_available(),
+        )
+
+
+def ensure_shards(config: DataConfig, workers: int = 1) -> Path:
+    """The shards folder, built first when missing and ``config.build`` says how (the demo: curate + tokenize)."""
+    shards = Path(config.shards)
+    if (shards / "meta.json").is_file():
+        return shards
+    if config.build == "none":
+        raise UserError(
+            f"no token shards at {shards} (meta.json missing): run launch/curate.py and launch/tokenize.py, "
+            "or set data.shards=PATH"
+        )
+    from slmtrain.data.pipeline import run_pipeline
+    from slmtrain.data.shards import prepare_shards
+
+    curated = Path(config.curated)
+    print(f"building the demo corpus: curation -> {curated}", flush=True)
+    run_pipeline("demo", None, curated, workers=workers)
+    print(f"training the '{config.tokenizer}' tokenizer and writing shards -> {shards}", flush=True)
+    prepare_shards(config.tokenizer, curated, shards, workers=workers, val_fraction=0.02)
+    return shards

@@ -1,0 +1,105 @@
+"""The LightningModule: next-token loss, AdamW with weight-decay groups, the lr schedule, the non-finite-loss guard."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from slmtrain.model.config import ModelConfig
+from slmtrain.model.transformer import Transformer
+from slmtrain.train.config import TrainConfig
+from slmtrain.train.data import document_ids
+from slmtrain.train.schedules import lr_multiplier
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class LanguageModel(pl.LightningModule):
+    def __init__(self, config: TrainConfig, model_config: ModelConfig, total_steps: int, eos_id: int):
+        super().__init__()
+        self.config, self.model_config = config, model_config
+        self.total_steps, self.eos_id = total_steps, eos_id
+        self.model = Transformer(model_config)
+        self.nan_skips = 0
+        # What a checkpoint needs to rebuild the model without this code's config objects (plain types only, so
+        # checkpoints load with torch.load(weights_only=True)).
+        self.save_hyperparameters(
+            {"model_config": dataclasses.asdict(model_config), "train_config": dataclasses.asdict(config)}
+        )
+
+    def forward(self, input_ids: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids, doc_ids=doc_ids)
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        doc_ids = document_ids(inputs, self.eos_id) if self.config.data.document_mask else None
+        logits = self(inputs, doc_ids)
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+        loss = self.loss(batch)
+        if not torch.isfinite(loss):
+            if self.config.nan_policy == "stop" or self.nan_skips >= self.config.max_nan_skips:
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss.item()}) at step {self.global_step}"
+                    + (f" after {self.nan_skips} skipped batches" if self.nan_skips else "")
+                )
+            self.nan_skips += 1
+            self.print(f"warning: non-finite loss at step {self.global_step}, batch skipped ({self.nan_skips})")
+            return None
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False)
+        return loss
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.log("val_loss", self.loss(batch), prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            # Matrices of the blocks decay; norms, biases and the (tied) embedding do not.
+            (decay if param.ndim >= 2 and not name.startswith(("embed", "pos_embed")) else no_decay).append(param)
+        opt = self.config.optim
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, fused=torch.cuda.is_available() or None,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_multiplier(step, self.total_steps, self.config.schedule, opt.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Clip here so that the pre-clip norm is logged; an FSDP-wrapped module clips across its shards itself.
+        max_norm = self.config.optim.grad_clip or math.inf
+        clip = getattr(self.trainer.strategy.model, "clip_grad_norm_", None)
+        grad_norm = clip(max_norm) if clip else torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+        self.log("grad_norm", grad_norm, on_step=True, on_epoch=False)
+
+    # RNG state travels with the checkpoint so that a resumed run continues bit for bit.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state()[1].tolist(),
+            "python": list(random.getstate()[1]),
+        }
+        checkpoint["nan_skips"] = self.nan_skips
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            state = np.random.get_state()
+            np.random.set_state((state[0], np.asarray(rng["numpy"], dtype=np.uint32), *state[2:]))
+            python_state = random.getstate()
+            random.setstate((python_state[0], tuple(rng["python"]), python_state[2]))
+        self.nan_skips = int(checkpoint.get("nan_skips", 0))
+

@@ -1,0 +1,51 @@
+"""Token shards of real text (Python's own documentation, read at test time) and a tiny-model recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pydoc_data.topics
+import pytest
+
+from slmtrain.data.shards import prepare_shards
+from slmtrain.train.config import TrainConfig, load_recipe
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train_data")
+    (root / "raw").mkdir()
+    with (root / "raw" / "docs.jsonl").open("w") as f:
+        for i, text in enumerate(pydoc_data.topics.topics.values()):
+            f.write(json.dumps({"id": str(i), "text": text}) + "\n")
+    spec = root / "tok.yaml"
+    spec.write_text("kind: bpe\nvocab_size: 512\nbyte_fallback: true\nsplit_digits: true\nseed: 0\n")
+    prepare_shards(spec, root / "raw", root / "shards", tokenizer_dir=root / "tokenizer", val_fraction=0.05)
+    return root / "shards"
+
+
+def tiny_recipe(shards: Path, run_dir: Path, **overrides) -> TrainConfig:
+    """A 2-layer model on the shards, 4 sequences of 64 tokens per step, checkpoints every 4 steps."""
+    base = {
+        "run_dir": str(run_dir),
+        "model": {"preset": "tiny", "vocab_size": 512, "max_seq_len": 64},
+        "data": {"shards": str(shards), "build": "none", "seq_len": 64, "val_samples": 8},
+        "batch": {"tokens": 512, "micro_batch": 4},
+        "optim": {"lr": 1e-2},
+        "schedule": {"kind": "cosine", "warmup_steps": 2},
+        "budget": {"policy": "fixed", "tokens": 512 * 16},
+        "trainer": {"enable_progress_bar": False, "enable_model_summary": False},
+        "log_every_n_steps": 1,
+        "val_every_n_steps": 8,
+        "ckpt_every_n_steps": 4,
+        "samples": 1,
+        "sample_tokens": 8,
+    }
+    for key, value in overrides.items():
+        section, _, sub = key.partition("__")
+        if sub:
+            base.setdefault(section, {})[sub] = value
+        else:
+            base[key] = value
+    return load_recipe("demo", base)

@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from transformers import AutoModelForCausalLM
+
+from slmtrain.config import ConfigError, UserError
+from slmtrain.train.callbacks import read_metrics
+from slmtrain.train.config import load_recipe, recipe_names
+from slmtrain.train.run import plan, train
+from tests.train.conftest import tiny_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def train_losses(run_dir: Path) -> dict[int, str]:
+    """step -> train_loss exactly as written (strings: bit-for-bit comparison)."""
+    return {int(r["step"]): r["train_loss"] for r in read_metrics(run_dir / "metrics.csv") if r["train_loss"]}
+
+
+def test_loss_decreases_validation_runs_and_export_loads(shards, tmp_path):
+    config = tiny_recipe(shards, tmp_path / "run", budget__tokens=512 * 24)
+    result = train(config)
+    losses = train_losses(tmp_path / "run")
+    assert sorted(losses) == list(range(1, 25))
+    first, last = [float(losses[s]) for s in (1, 2, 3)], [float(losses[s]) for s in (22, 23, 24)]
+    assert sum(last) / 3 < sum(first) / 3 - 0.5
+    assert math.isfinite(result["val_loss"]) and result["val_loss"] < math.log(512)
+    val_rows = [r for r in read_metrics(tmp_path / "run" / "metrics.csv") if r["val_loss"]]
+    assert [int(r["step"]) for r in val_rows] == [8, 16, 24]
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "hf")
+    assert hf.config.vocab_size == 512
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((tmp_path / "run" / "plan.json").read_text())["tokens"] == 512 * 24
+
+
+def _launch(shards: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    args = [
+        sys.executable, str(REPO / "launch" / "train.py"), "recipe=demo", f"run_dir={run_dir}",
+        "model.preset=tiny", "model.vocab_size=512", "model.max_seq_len=64", f"data.shards={shards}",
+        "data.build=none", "data.seq_len=64", "data.val_samples=8", "batch.tokens=512", "batch.micro_batch=2",
+        "optim.lr=1e-2", "schedule.kind=cosine", "schedule.warmup_steps=2", "budget.policy=fixed",
+        f"budget.tokens={512 * 16}", "trainer.enable_progress_bar=false", "log_every_n_steps=1",
+        "val_every_n_steps=8", "ckpt_every_n_steps=4", "samples=0", "export_hf=false", *extra,
+    ]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+
+
+def test_sigkill_then_resume_logs_identical_losses(shards, tmp_path):
+    reference = _launch(shards, tmp_path / "reference")
+    out, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, out
+    expected = train_losses(tmp_path / "reference")
+    assert sorted(expected) == list(range(1, 17))
+
+    killed_dir = tmp_path / "killed"
+    victim = _launch(shards, killed_dir)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill between the step-8 checkpoint and the end
+        if (killed_dir / "metrics.csv").is_file() and max(train_losses(killed_dir), default=0) >= 10:
+            break
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    assert max(train_losses(killed_dir)) < 16, "the run finished before it could be killed"
+
+    resumed = _launch(shards, killed_dir, "ckpt=last")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert train_losses(killed_dir) == expected
+
+
+def test_resume_without_checkpoint_and_overwrite_are_clear_errors(shards, tmp_path):
+    with pytest.raises(UserError, match="no checkpoint"):
+        train(tiny_recipe(shards, tmp_path / "none"), resume=True)
+    train(tiny_recipe(shards, tmp_path / "done", budget__tokens=512 * 4))
+    with pytest.raises(UserError, match="already holds a run"):
+        train(tiny_recipe(shards, tmp_path / "done", budget__tokens=512 * 4))
+
+
+class CorruptLoss(Callback):
+    """Makes the loss of the batches at the given optimizer steps NaN."""
+
+    def __init__(self, steps: set[int]):
+        self.steps = steps
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        original = type(pl_module).loss
+        bad = trainer.global_step in self.steps
+        pl_module.loss = (lambda b: original(pl_module, b) * float("nan")) if bad else (lambda b: original(pl_module, b))
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(shards, tmp_path):
+    config = tiny_recipe(shards, tmp_path / "run")
+    with pytest.raises(UserError, match=r"non-finite loss .* at step 6.*last good checkpoint"):
+        train(config, callbacks=[CorruptLoss({6})])
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 4
+    assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values())
+
+
+def test_nan_loss_skip_policy_skips_and_finishes(shards, tmp_path):
+    config = tiny_recipe(shards, tmp_path / "run", nan_policy="skip", batch__micro_batch=8)
+    result = train(config, callbacks=[CorruptLoss({3})])
+    assert result["steps"] == 16  # the skipped batch's step updates nothing; the run still ends on time
+    losses = train_losses(tmp_path / "run")
+    assert sorted(losses) == [s for s in range(1, 17) if s != 4]  # optimizer step 3 is logged as step 4
+    assert all(math.isfinite(float(v)) for v in losses.values())
+
+
+def test_every_recipe_loads_and_plans():
+    assert {"demo", "1b_overtrain", "125m_deepthin", "350m_deepthin", "chinchilla"} <= set(recipe_names())
+    for name in recipe_names():
+        p = plan(load_recipe(name))
+        assert p["params"] > 0 and p["tokens"] > 0 and p["steps"] > 0
+
+
+def test_1b_overtrain_dry_run_shows_size_and_budget():
+    out = subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), "recipe=1b_overtrain", "dry_run=json"],
+                         capture_output=True, text=True, cwd=REPO, check=True).stdout
+    p = json.loads(out)
+    assert 0.9e9 < p["params"] < 1.3e9
+    assert p["tokens_per_param"] > 200  # far past Chinchilla's ~20
+    assert p["steps"] == math.ceil(p["tokens"] / p["batch_tokens"])
+    assert any("Sardana" in line for line in p["budget_reasoning"])
+
+
+def test_bad_recipe_keys_fail_naming_the_key():
+    with pytest.raises(ConfigError, match="optim.lr_max: unknown key; valid keys: .*lr"):
+        load_recipe("demo", {"optim": {"lr_max": 1}})
+    with pytest.raises(ConfigError, match="schedule.kind: invalid value 'linear'; valid choices: cosine, wsd, constant"):
+        load_recipe("demo", {"schedule": {"kind": "linear"}})
+    with pytest.raises(ConfigError, match="batch.tokens: 1000 is not a multiple"):
+        from slmtrain.train.run import gradient_accumulation
+
+        gradient_accumulation(load_recipe("demo", {"batch": {"tokens": 1000}}), world=1)
+    proc = subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), "recipe=nope"], capture_output=True,
+                          text=True, cwd=REPO)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: recipe: unknown recipe 'nope'; valid choices:")
+
+
+def test_ddp_two_processes_see_each_sample_once(shards, tmp_path):
+    from slmtrain.data.shards import open_split
+    from slmtrain.train.data import PackedSamples, epoch_order
+
+    run_dir = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "train" / "ddp_audit.py"), str(shards), str(run_dir)],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = [(run_dir / f"seen_rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 32  # 8 steps x 512 tokens / 64 per sample / 2 ranks
+    assert not set(seen[0]) & set(seen[1]) and len(set(seen[0] + seen[1])) == 64
+    # Together the ranks trained on exactly the first 64 samples of the (seed, epoch 0) order.
+    import hashlib
+
+    dataset = PackedSamples(open_split(shards, "train"), 64)
+    order = epoch_order(len(dataset), 1337, 0)[:64]
+    expected = {hashlib.sha1(dataset[int(i)].numpy().tobytes()).hexdigest() for i in order}
+    assert set(seen[0] + seen[1]) == expected
