@@ -1,0 +1,104 @@
+"""What a model costs to run here: llama-bench style prefill/decode speed, TTFT, memory, energy, and the roofline
+prediction with the measured/predicted ratio.
+
+    python launch/bench_device.py model=PATH_OR_PRESET [prompt=512 gen=128 depth=0 repeats=5 warmup=1]
+        [device=cpu|cuda device_profile=host|DEVICE dtype=fp32|bf16|fp16 quant=none|int8|int8-dynamic|int4 threads=N]
+        [format=table|json csv=results.csv plot=FILE.png depths=0,256,1024]
+format=json prints exactly one JSON object on stdout. The prediction is for device_profile; measured/predicted
+ratios compare like with like only for host (the machine running the benchmark).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# launch/tokenize.py shadows the standard library's `tokenize` (imported by dataclasses, inspect...): take launch/
+# off the import path before anything imports it, then make the repository importable.
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+sys.path.insert(0, os.path.dirname(_here))
+
+import json  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Literal  # noqa: E402
+
+from slmtrain.config import ConfigError, build, check_choice, cli_main, split_args  # noqa: E402
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclass
+class Args:
+    model: str
+    prompt: int = 512
+    gen: int = 128
+    depth: int = 0
+    repeats: int = 5
+    warmup: int = 1
+    device_profile: str = "host"  # host: measured here (memory copy + matmul); or a slmtrain.scaling.devices name
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    quant: Literal["none", "int8", "int8-dynamic", "int4"] = "none"
+    threads: int | None = None
+    device: str = "cpu"  # a torch device: cpu, cuda, cuda:1, mps (pair cuda with device_profile=h100-sxm...)
+    format: Literal["table", "json"] = "table"
+    csv: Path | None = None
+    plot: Path | None = None
+    depths: list[int] = field(default_factory=list)  # decode speed at these depths, for the plot
+
+    def __post_init__(self) -> None:
+        from slmtrain.scaling.devices import device_names
+
+        check_choice("device_profile", self.device_profile, ["host", *device_names()])
+        if self.plot and not self.depths:
+            raise ConfigError("depths", "plot= needs depths=D1,D2,... (context depths to measure decode speed at)")
+
+
+def main(argv: list[str]) -> int:
+    _, overrides = split_args(argv)
+    if "model" not in overrides:
+        raise ConfigError("model", "required: model=PATH_OR_PRESET [prompt=512 gen=128 format=json ...]")
+    args = build(Args, overrides)
+    import torch
+
+    from slmtrain.eval.report import append_csv, format_table, plot_runtime
+    from slmtrain.eval.runtime import bench_device, decode_vs_context, get_profile
+    from slmtrain.model.load import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded = load_model(args.model, getattr(torch, DTYPES[args.dtype]))
+    try:
+        model = loaded.model.to(torch.device(args.device))
+    except (RuntimeError, AssertionError) as e:  # unknown or unavailable device: torch's own message, one line
+        raise ConfigError("device", f"cannot use {args.device!r}: {str(e).splitlines()[0]}") from None
+    if args.quant != "none":
+        from slmtrain.eval.quantize import quantize_model
+
+        model, _ = quantize_model(model, args.quant)
+    profile = get_profile(args.device_profile)
+    result = {"model": loaded.source, "quant": args.quant,
+              **bench_device(model, args.prompt, args.gen, args.depth, args.repeats, args.warmup, profile)}
+    if args.depths:
+        rows = decode_vs_context(model, args.depths, profile=profile)
+        result["decode_vs_context"] = rows
+        if args.plot:
+            result["plot"] = str(plot_runtime(result, rows, args.plot, f"{loaded.source} ({args.quant})"))
+    if args.csv:
+        append_csv(args.csv, [{k: v for k, v in result.items() if k != "decode_vs_context"}])
+    if args.format == "json":
+        print(json.dumps(result))
+    else:
+        keys = ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_s", "peak_memory_bytes", "weight_bytes",
+                "kv_cache_bytes_at_context", "energy_j_per_decode_token", "predicted_decode_tokens_per_s",
+                "decode_measured_over_predicted", "prefill_measured_over_predicted")
+        print(f"{result['model']} {result['test']} ({result['dtype']}, quant {args.quant}, "
+              f"{result['threads']} threads)")
+        print(format_table([{"figure": k, "value": result[k]} for k in keys]))
+        print(f"energy: {result['energy_source']}; peak memory: {result['peak_memory_kind']}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)()

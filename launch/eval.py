@@ -1,0 +1,103 @@
+"""Capability of a model: benchmark tasks, perplexity / bits per byte, lm-evaluation-harness tasks, quantisation.
+
+    python launch/eval.py model=PATH tasks=NAME[,NAME] [shots=K limit=N task_dir=DIR]
+    python launch/eval.py model=PATH text=FILE[,FILE] [quant=int8,int8-dynamic,int4]   # perplexity (+ quantised)
+    python launch/eval.py model=PATH shards=DIR [split=val max_tokens=N]
+    python launch/eval.py model=PATH tasks=NAME harness=true [include_path=DIR_OF_TASK_YAMLS]
+    [csv=results.csv] appends every result row; model: an slmtrain run/checkpoint, an HF directory or a preset.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# launch/tokenize.py shadows the standard library's `tokenize` (imported by dataclasses, inspect...): take launch/
+# off the import path before anything imports it, then make the repository importable.
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+sys.path.insert(0, os.path.dirname(_here))
+
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from slmtrain.config import ConfigError, UserError, build, cli_main, split_args  # noqa: E402
+from slmtrain.eval.tasks import DATA_DIR  # noqa: E402
+
+
+@dataclass
+class Args:
+    model: str
+    tasks: list[str] = field(default_factory=list)
+    shots: int | None = None  # default: 0 for slmtrain tasks, each task's own default for harness tasks
+    limit: int | None = None
+    task_dir: Path = DATA_DIR
+    harness: bool = False  # run `tasks` through lm-evaluation-harness instead of slmtrain's own task files
+    include_path: Path | None = None  # harness: a folder of local task YAMLs
+    text: list[Path] = field(default_factory=list)
+    shards: Path | None = None
+    split: str = "val"
+    max_tokens: int | None = None
+    window: int | None = None
+    stride: int | None = None
+    quant: list[str] = field(default_factory=list)  # with text=: perplexity change of each scheme
+    csv: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.tasks or self.text or self.shards):
+            raise ConfigError("tasks", "nothing to evaluate: give tasks=NAME[,NAME], text=FILE[,FILE] or shards=DIR")
+        if self.quant and not self.text:
+            raise ConfigError("quant", "measuring the perplexity change needs text=FILE[,FILE]")
+        if self.shots is not None and self.shots < 0:
+            raise ConfigError("shots", f"must be >= 0, got {self.shots}")
+
+
+def main(argv: list[str]) -> int:
+    _, overrides = split_args(argv)
+    args = build(Args, overrides)
+    from slmtrain.eval.perplexity import perplexity_of_shards, perplexity_of_texts, read_documents
+    from slmtrain.eval.report import append_csv, format_table
+    from slmtrain.model.load import load_model
+
+    loaded = load_model(args.model)
+    needs_tokenizer = args.tasks or args.text
+    if needs_tokenizer and loaded.tokenizer is None:
+        raise UserError(f"{loaded.source} has no tokenizer: tasks and text perplexity need one")
+    rows = []
+    if args.shards:
+        result = perplexity_of_shards(loaded.model, args.shards, args.split, args.max_tokens, args.window,
+                                      args.stride)
+        rows.append({"eval": f"perplexity {args.shards} ({args.split})", **result.as_dict()})
+    if args.text:
+        documents = read_documents(args.text)
+        if args.quant:
+            from slmtrain.eval.quantize import quantization_table
+
+            rows += [{"eval": f"perplexity text ({len(documents)} docs)", **row} for row in
+                     quantization_table(loaded.model, loaded.tokenizer, documents, args.quant, window=args.window)]
+        else:
+            result = perplexity_of_texts(loaded.model, loaded.tokenizer, documents, args.window, args.stride)
+            rows.append({"eval": f"perplexity text ({len(documents)} docs)", **result.as_dict()})
+    if args.tasks and args.harness:
+        from slmtrain.eval.harness import run_harness
+
+        results = run_harness(loaded.model, loaded.tokenizer, args.tasks, args.include_path, args.shots, args.limit)
+        rows += [{"eval": f"harness {name}", "shots": args.shots,
+                  **{k: v for k, v in metrics.items() if k not in ("name", "alias") and "stderr" not in k}}
+                 for name, metrics in results["results"].items()]
+    elif args.tasks:
+        from slmtrain.eval.tasks import evaluate_task, load_task
+
+        for name in args.tasks:
+            result = evaluate_task(loaded.model, loaded.tokenizer, load_task(name, args.task_dir), args.shots or 0,
+                                   args.limit)
+            rows.append({"eval": f"task {result.task}", **result.as_dict()})
+    rows = [{"model": loaded.source, **row} for row in rows]
+    print(format_table(rows))
+    if args.csv:
+        print(f"appended {len(rows)} rows to {append_csv(args.csv, rows)}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)()

@@ -1,0 +1,48 @@
+"""Export a model to GGUF for llama.cpp.
+
+    python launch/export_gguf.py model=PATH out=FILE.gguf [quant=f16|q8_0|q4_0]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# launch/tokenize.py shadows the standard library's `tokenize` (imported by dataclasses, inspect...): take launch/
+# off the import path before anything imports it, then make the repository importable.
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+sys.path.insert(0, os.path.dirname(_here))
+
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Literal  # noqa: E402
+
+from slmtrain.config import ConfigError, build, cli_main, split_args  # noqa: E402
+
+
+@dataclass
+class Args:
+    model: str
+    out: Path
+    quant: Literal["f16", "q8_0", "q4_0"] = "f16"
+
+
+def main(argv: list[str]) -> int:
+    _, overrides = split_args(argv)
+    for required in ("model", "out"):
+        if required not in overrides:
+            raise ConfigError(required, "required: model=PATH out=FILE.gguf [quant=f16|q8_0|q4_0]")
+    args = build(Args, overrides)
+    from slmtrain.eval.gguf_export import export_gguf
+    from slmtrain.model.load import load_model
+
+    loaded = load_model(args.model)
+    summary = export_gguf(loaded.model, args.out, args.quant, loaded.tokenizer, name=Path(args.model).name)
+    print(f"{summary['path']}: {summary['tensors']} tensors ({', '.join(summary['tensor_types'])}), "
+          f"{summary['bytes']:,} bytes; vocabulary: {summary['vocabulary']}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)()

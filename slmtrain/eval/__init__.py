@@ -1,0 +1,29 @@
+"""Evaluation: what a model can do and what it costs to run.
+
+perplexity  perplexity and bits per byte on held-out shards, text files or strings
+tasks       multiple choice (HellaSwag, ARC, PIQA formats) by log-likelihood and GSM8K-style exact match
+harness     an lm-evaluation-harness ``LM`` over slmtrain models, for any harness task, offline from local data
+runtime     llama-bench style prefill/decode speed, TTFT, memory, energy, and the roofline prediction
+quantize    int8 / int8-dynamic / int4 linear layers and the perplexity they cost
+gguf_export GGUF files for llama.cpp
+report      tables, a CSV every run appends to, runtime plots
+
+Functions take a :class:`slmtrain.model.transformer.Transformer` and, where text is involved, a tokenizer with the
+:class:`slmtrain.model.load.TextTokenizer` interface; ``load_model`` returns both for presets, HF dirs and runs.
+"""
+
+from __future__ import annotations
+
+from slmtrain.config import UserError
+from slmtrain.model.load import TextTokenizer
+
+__all__ = ["TextTokenizer", "document_prefix_id"]
+
+
+def document_prefix_id(tokenizer: TextTokenizer) -> int:
+    """The token every scored text is conditioned on, as lm-evaluation-harness does: BOS, else EOS (the document
+    separator a model trained on EOS-joined documents has seen before every document)."""
+    for token in (tokenizer.bos_id, tokenizer.eos_id):
+        if token is not None and token >= 0:
+            return int(token)
+    raise UserError("the tokenizer has neither a BOS nor an EOS token to condition the first token on")

@@ -1,0 +1,79 @@
+"""lm-evaluation-harness adapter: any harness task (built in, or a local YAML with local data) on an slmtrain model.
+
+:class:`SlmtrainLM` implements the three request types of ``lm_eval.api.model.LM`` with the same scoring code as
+:mod:`slmtrain.eval.tasks` and :mod:`slmtrain.eval.perplexity`, so a task scored both ways gives the same numbers.
+Offline use: point ``include_path`` at a folder of task YAMLs whose ``dataset_path: json`` reads local files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lm_eval.api.model import LM
+
+from slmtrain.config import UserError
+from slmtrain.eval import TextTokenizer, document_prefix_id
+from slmtrain.eval.perplexity import sequence_nll
+from slmtrain.eval.tasks import encode_pair, greedy_until, loglikelihoods
+from slmtrain.model.transformer import Transformer
+
+
+class SlmtrainLM(LM):
+    """Greedy generation only: a request asking to sample is refused rather than silently decoded greedily."""
+
+    def __init__(self, model: Transformer, tokenizer: TextTokenizer, batch_size: int = 8, max_gen_tokens: int = 256):
+        super().__init__()
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.batch_size, self.max_gen_tokens = batch_size, max_gen_tokens
+
+    def loglikelihood(self, requests: list[Any]) -> list[tuple[float, bool]]:
+        pairs = [encode_pair(self.tokenizer, context, continuation) for context, continuation in
+                 (r.args for r in requests)]
+        return loglikelihoods(self.model, pairs, self.batch_size)
+
+    def loglikelihood_rolling(self, requests: list[Any]) -> list[float]:
+        prefix = document_prefix_id(self.tokenizer)
+        return [-sequence_nll(self.model, [prefix, *self.tokenizer.encode(r.args[0])]) for r in requests]
+
+    def generate_until(self, requests: list[Any]) -> list[str]:
+        outputs = []
+        for request in requests:
+            context, kwargs = request.args
+            kwargs = dict(kwargs or {})
+            if kwargs.get("do_sample") or float(kwargs.get("temperature", 0.0) or 0.0) > 0:
+                raise UserError("SlmtrainLM decodes greedily; the task asks for sampling (do_sample/temperature)")
+            until = kwargs.get("until") or []
+            until = [until] if isinstance(until, str) else list(until)
+            outputs.append(greedy_until(self.model, self.tokenizer, context, until,
+                                        int(kwargs.get("max_gen_toks", self.max_gen_tokens))))
+        return outputs
+
+
+def run_harness(model: Transformer, tokenizer: TextTokenizer, tasks: Sequence[str],
+                include_path: str | Path | None = None, shots: int | None = None, limit: int | None = None,
+                log_samples: bool = False, batch_size: int = 8) -> dict[str, Any]:
+    """Run harness tasks by name: those of ``include_path`` when given, else the harness's built-in ones (which
+    need their datasets in the local Hugging Face cache: HF_DATASETS_OFFLINE / HF_HUB_OFFLINE are set, nothing is
+    downloaded). Returns lm_eval's result dict (``results`` per task, ``samples`` if logged)."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # With include_path only its tasks are indexed: indexing the thousands of built-in task files takes many
+    # seconds, and built-in tasks would try to download their datasets anyway.
+    manager = TaskManager(include_path=str(include_path) if include_path else None,
+                          include_defaults=include_path is None)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        where = f"task YAMLs in {include_path}" if include_path else "built-in tasks (include_path= adds local ones)"
+        raise UserError(f"unknown harness task(s) {', '.join(unknown)} among the {where}")
+    results = lm_eval.simple_evaluate(model=SlmtrainLM(model, tokenizer, batch_size), tasks=list(tasks),
+                                      num_fewshot=shots, limit=limit, task_manager=manager, bootstrap_iters=0,
+                                      log_samples=log_samples)
+    if results is None:
+        raise UserError("lm-evaluation-harness returned no results")
+    return results

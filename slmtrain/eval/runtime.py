@@ -1,0 +1,311 @@
+"""What a model costs to run on this machine: speed, memory, energy, and the same figures predicted from a device
+profile (:mod:`slmtrain.scaling.devices`, or this host measured by :func:`measure_host_profile`), with the
+measured/predicted ratio.
+
+Speed follows llama-bench: ``pp{prompt}`` is prefill throughput (the whole prompt in one forward pass) and
+``tg{gen}`` is decode throughput (one token per forward pass, after ``depth`` tokens already in the KV cache),
+each the mean and standard deviation over ``repeats`` timed runs after ``warmup`` untimed ones. Token ids are
+random: speed does not depend on the text. Time to first token is a fresh cache, the prompt's forward pass and the
+choice of the first token.
+
+The prediction is the roofline of a single stream: decoding reads every weight and the KV cache once per token, so
+it is bound by memory bandwidth (tokens/s = bandwidth / (weight bytes + KV bytes at that context)); prefill is
+bound by compute (tokens/s = peak FLOP/s / FLOPs per token).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from slmtrain.config import UserError
+from slmtrain.model.transformer import KVCache, Transformer
+from slmtrain.scaling.devices import DeviceProfile, get_device
+
+RAPL_PACKAGE_ZONES = "/sys/class/powercap/intel-rapl:[0-9]*"  # package zones only (subzones carry a second ':')
+ASSUMED_CPU_POWER_W = 15.0  # energy estimate without RAPL: a laptop-class CPU package under full load
+PRECISIONS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def measure_host_profile(copy_bytes: int = 1 << 28, matmul_size: int = 1024, repeats: int = 5) -> DeviceProfile:
+    """This machine as a device profile: sustained memory bandwidth (numpy copy of ``copy_bytes``, each byte read
+    once and written once) and fp32/bf16 matmul FLOP/s (torch, current thread count), best of ``repeats``."""
+    source = np.ones(copy_bytes // 8)
+    target = np.empty_like(source)
+    copy_s = min(_seconds(lambda: np.copyto(target, source)) for _ in range(repeats))
+    peak_flops = {}
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(matmul_size, matmul_size, dtype=dtype), torch.randn(matmul_size, matmul_size, dtype=dtype)
+        torch.mm(a, b)
+        peak_flops[precision] = 2 * matmul_size**3 / min(_seconds(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return DeviceProfile(name="host", memory_bytes=float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
+                         memory_bandwidth=2 * source.nbytes / copy_s, peak_flops=peak_flops, power_watts=None,
+                         source=f"measured: numpy copy of {copy_bytes >> 20} MiB, torch.mm {matmul_size}^3 fp32/bf16 "
+                                f"on {torch.get_num_threads()} threads")
+
+
+def get_profile(name: str) -> DeviceProfile:
+    """``host`` (measured now) or a named device of :mod:`slmtrain.scaling.devices`."""
+    return measure_host_profile() if name == "host" else get_device(name)
+
+
+def _seconds(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------------- timing
+@dataclass
+class Timing:
+    seconds: list[float]  # one per timed run
+
+    @property
+    def mean_s(self) -> float:
+        return statistics.fmean(self.seconds)
+
+    @property
+    def std_s(self) -> float:
+        return statistics.stdev(self.seconds) if len(self.seconds) > 1 else 0.0
+
+
+def time_runs(run: Callable[[], None], repeats: int, warmup: int, device: torch.device) -> Timing:
+    """``run`` times itself by returning nothing: set-up that must not count happens before ``run`` is called."""
+    if repeats < 1 or warmup < 0:
+        raise UserError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats} warmup={warmup}")
+    seconds = []
+    for index in range(warmup + repeats):
+        _sync(device)
+        start = time.perf_counter()
+        run()
+        _sync(device)
+        if index >= warmup:
+            seconds.append(time.perf_counter() - start)
+    return Timing(seconds)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _random_ids(model: Transformer, length: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (1, length), generator=generator)
+    return ids.to(next(model.parameters()).device)
+
+
+def _new_cache(model: Transformer, length: int) -> KVCache:
+    parameter = next(model.parameters())
+    return KVCache(model.config, 1, length, parameter.device, _compute_dtype(model))
+
+
+def _compute_dtype(model: Transformer) -> torch.dtype:
+    return model.embed.weight.dtype
+
+
+@torch.no_grad()
+def prefill_timing(model: Transformer, prompt: int, repeats: int = 5, warmup: int = 1) -> Timing:
+    ids, cache = _random_ids(model, prompt), _new_cache(model, prompt)
+
+    def run() -> None:
+        cache.length = 0
+        model(ids, cache=cache)
+
+    return time_runs(run, repeats, warmup, ids.device)
+
+
+@torch.no_grad()
+def decode_timing(model: Transformer, gen: int, depth: int = 0, repeats: int = 5, warmup: int = 1,
+                  meter: EnergyMeter | None = None) -> Timing:
+    """Seconds to decode ``gen`` tokens one at a time after ``depth`` tokens of context (filled untimed); ``meter``
+    accumulates the energy of the timed runs only."""
+    context, step = _random_ids(model, depth), _random_ids(model, 1, seed=1)
+    cache = _new_cache(model, depth + gen)
+    seconds = []
+    for index in range(warmup + repeats):
+        cache.length = 0
+        if depth:
+            model(context, cache=cache)
+        timed = index >= warmup
+        _sync(step.device)
+        if timed and meter is not None:
+            meter.start()
+        start = time.perf_counter()
+        for _ in range(gen):
+            model(step, cache=cache)
+        _sync(step.device)
+        if timed:
+            seconds.append(time.perf_counter() - start)
+            if meter is not None:
+                meter.stop()
+    return Timing(seconds)
+
+
+@torch.no_grad()
+def ttft_timing(model: Transformer, prompt: int, repeats: int = 5, warmup: int = 1) -> Timing:
+    ids = _random_ids(model, prompt)
+    return time_runs(lambda: model(ids, cache=_new_cache(model, prompt + 1))[:, -1].argmax(-1), repeats, warmup,
+                     ids.device)
+
+
+# ---------------------------------------------------------------------------------------------------- memory
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every stored tensor (parameters and persistent buffers, e.g. packed quantised weights); tied
+    weights are counted once."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in model.state_dict().values():
+        key = tensor.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += tensor.untyped_storage().nbytes()
+    return total
+
+
+def kv_cache_bytes(model: Transformer, context: int) -> int:
+    """Bytes of the KV cache holding ``context`` positions, as the model allocates it."""
+    element = torch.empty(0, dtype=_compute_dtype(model)).element_size()
+    return int(model.config.kv_cache_bytes_per_token(element) * context)
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes, what they measure): CUDA's peak allocation, else the process's peak resident set size (weights,
+    activations, KV cache and the runtime itself; it never goes down, so read it in a fresh process)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "cuda_max_memory_allocated"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak * (1 if sys.platform == "darwin" else 1024), "process_peak_rss"
+
+
+# ---------------------------------------------------------------------------------------------------- energy
+class EnergyMeter:
+    """Joules accumulated over ``start()``/``stop()`` intervals from RAPL package counters when readable (Linux,
+    Intel/AMD, often root-only), else ``power_w`` x elapsed time, labelled as an estimate in ``source``."""
+
+    def __init__(self, power_w: float | None = None):
+        self.zones = [Path(z) for z in sorted(glob.glob(RAPL_PACKAGE_ZONES)) if _readable_counter(Path(z))]
+        self.power_w = power_w or ASSUMED_CPU_POWER_W
+        self.joules = 0.0
+        self.source = (f"rapl ({len(self.zones)} package zone(s))" if self.zones
+                       else f"estimate ({self.power_w:g} W x time; RAPL not readable)")
+
+    def start(self) -> None:
+        self.begin = [_counter(z) for z in self.zones]
+        self.started = time.perf_counter()
+
+    def stop(self) -> None:
+        elapsed = time.perf_counter() - self.started
+        if not self.zones:
+            self.joules += self.power_w * elapsed
+        for zone, before in zip(self.zones, self.begin):
+            after = _counter(zone)
+            if after < before:  # the counter wrapped around
+                after += int((zone / "max_energy_range_uj").read_text())
+            self.joules += (after - before) / 1e6
+
+
+def _readable_counter(zone: Path) -> bool:
+    try:
+        _counter(zone)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _counter(zone: Path) -> int:
+    return int((zone / "energy_uj").read_text())
+
+
+# ---------------------------------------------------------------------------------------------------- together
+def predicted_decode_tokens_per_s(model: Transformer, profile: DeviceProfile, context: int) -> float:
+    """The roofline of slmtrain.scaling.devices.Deployment, over the bytes this model object really holds."""
+    return profile.memory_bandwidth / (weight_bytes(model) + kv_cache_bytes(model, context))
+
+
+def predicted_prefill_tokens_per_s(model: Transformer, profile: DeviceProfile, prompt: int) -> float | None:
+    """Compute bound: the mean token of a prompt attends to half of it. None when the device publishes no peak at
+    the model's compute precision."""
+    precision = PRECISIONS.get(_compute_dtype(model))
+    if precision not in profile.peak_flops:
+        return None
+    return profile.peak_flops[precision] / model.config.inference_flops_per_token(prompt // 2)
+
+
+def bench_device(model: Transformer, prompt: int = 512, gen: int = 128, depth: int = 0, repeats: int = 5,
+                 warmup: int = 1, profile: DeviceProfile | None = None) -> dict[str, Any]:
+    """pp{prompt} / tg{gen} at ``depth``, TTFT, memory, energy per decoded token, and the roofline prediction for
+    ``profile`` (default: this machine, measured). Measured/predicted ratios are only meaningful when the profile
+    is the machine the benchmark runs on."""
+    if prompt < 1 or gen < 1 or depth < 0:
+        raise UserError(f"need prompt >= 1, gen >= 1, depth >= 0; got prompt={prompt} gen={gen} depth={depth}")
+    limit = model.config.max_seq_len
+    if max(prompt, depth + gen) > limit:
+        raise UserError(f"prompt={prompt} or depth+gen={depth + gen} exceeds the model's max_seq_len={limit}")
+    model = model.eval()
+    device = next(model.parameters()).device
+    profile = profile or measure_host_profile()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    prefill = prefill_timing(model, prompt, repeats, warmup)
+    ttft = ttft_timing(model, prompt, repeats, warmup)
+    meter = EnergyMeter()  # energy is measured (or estimated) here, whatever device the prediction is for
+    decode = decode_timing(model, gen, depth, repeats, warmup, meter)
+    peak, peak_kind = peak_memory(device)
+    prefill_tps = [prompt / s for s in prefill.seconds]
+    decode_tps = [gen / s for s in decode.seconds]
+    predicted_decode = predicted_decode_tokens_per_s(model, profile, depth + gen // 2)
+    predicted_prefill = predicted_prefill_tokens_per_s(model, profile, prompt)
+    return {
+        "test": f"pp{prompt}/tg{gen}" + (f"@d{depth}" if depth else ""),
+        "prompt": prompt, "gen": gen, "depth": depth, "repeats": repeats, "warmup": warmup,
+        "device": str(device), "dtype": str(_compute_dtype(model)).removeprefix("torch."),
+        "threads": torch.get_num_threads(), "params": model.num_params(),
+        "prefill_tokens_per_s": statistics.fmean(prefill_tps), "prefill_tokens_per_s_std": _std(prefill_tps),
+        "decode_tokens_per_s": statistics.fmean(decode_tps), "decode_tokens_per_s_std": _std(decode_tps),
+        "ttft_s": ttft.mean_s, "ttft_s_std": ttft.std_s,
+        "peak_memory_bytes": peak, "peak_memory_kind": peak_kind,
+        "weight_bytes": weight_bytes(model),
+        "kv_cache_bytes_per_token": kv_cache_bytes(model, 1),
+        "kv_cache_bytes_at_context": kv_cache_bytes(model, depth + gen),
+        "energy_j_per_decode_token": meter.joules / (gen * repeats), "energy_source": meter.source,
+        "device_profile": asdict(profile),
+        "predicted_prefill_tokens_per_s": predicted_prefill,
+        "predicted_decode_tokens_per_s": predicted_decode,
+        "predicted_ttft_s": prompt / predicted_prefill if predicted_prefill else None,
+        "prefill_measured_over_predicted": statistics.fmean(prefill_tps) / predicted_prefill if predicted_prefill
+        else None,
+        "decode_measured_over_predicted": statistics.fmean(decode_tps) / predicted_decode,
+    }
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def decode_vs_context(model: Transformer, depths: list[int], gen: int = 16, repeats: int = 3, warmup: int = 1,
+                      profile: DeviceProfile | None = None) -> list[dict[str, float]]:
+    """Decode tokens/s (and the prediction, given a profile) and KV-cache bytes at each context depth: how
+    generation slows as the cache grows."""
+    rows = []
+    for depth in depths:
+        if depth + gen > model.config.max_seq_len:
+            raise UserError(f"depth {depth} + gen {gen} exceeds max_seq_len={model.config.max_seq_len}")
+        timing = decode_timing(model, gen, depth, repeats, warmup)
+        row = {"depth": depth, "decode_tokens_per_s": gen / timing.mean_s,
+               "kv_cache_bytes": kv_cache_bytes(model, depth + gen)}
+        if profile is not None:
+            row["predicted_decode_tokens_per_s"] = predicted_decode_tokens_per_s(model, profile, depth + gen // 2)
+        rows.append(row)
+    return rows

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from eval_helpers import BOS
+from slmtrain.config import UserError
+from slmtrain.eval.harness import SlmtrainLM, run_harness
+from slmtrain.eval.perplexity import sequence_nll
+from slmtrain.eval.tasks import DATA_DIR, encode_pair, evaluate_task, greedy_until, load_task, loglikelihoods
+
+PIQA_YAML = """task: piqa_local
+dataset_path: json
+dataset_kwargs:
+  cache_dir: {cache}
+  data_files:
+    validation: {data}
+output_type: multiple_choice
+validation_split: validation
+doc_to_text: "Question: {{{{goal}}}}\\nAnswer:"
+doc_to_target: label
+doc_to_choice: "{{{{[sol1, sol2]}}}}"
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""
+
+
+def test_a_local_harness_task_runs_offline_and_agrees_with_slmtrain_scoring(model, tokenizer, tmp_path):
+    yaml = PIQA_YAML.format(data=DATA_DIR / "piqa-mini.jsonl", cache=tmp_path / "cache")
+    (tmp_path / "piqa_local.yaml").write_text(yaml)
+    out = run_harness(model, tokenizer, ["piqa_local"], include_path=tmp_path, log_samples=True)
+    samples = out["samples"]["piqa_local"]
+    assert len(samples) == 5
+    for sample in samples:
+        pairs = [encode_pair(tokenizer, context, continuation) for context, continuation in sample["arguments"]]
+        ours = loglikelihoods(model, pairs)
+        assert [ll for ll, _ in sample["filtered_resps"]] == pytest.approx([ll for ll, _ in ours], abs=1e-5)
+    metrics = out["results"]["piqa_local"]
+    expected = evaluate_task(model, tokenizer, load_task("piqa-mini")).metrics
+    assert metrics["acc,none"] == expected["acc"] and metrics["acc_norm,none"] == expected["acc_norm"]
+
+
+def request(*args):
+    return SimpleNamespace(args=args)
+
+
+def test_rolling_and_generation_requests(model, tokenizer):
+    lm = SlmtrainLM(model, tokenizer)
+    text = "def f(x):\n    return x"
+    [rolling] = lm.loglikelihood_rolling([request(text)])
+    assert rolling == pytest.approx(-sequence_nll(model, [BOS, *tokenizer.encode(text)]))
+    [generated] = lm.generate_until([request("Q: hi\nA:", {"until": ["\n\n"], "max_gen_toks": 8})])
+    assert generated == greedy_until(model, tokenizer, "Q: hi\nA:", ["\n\n"], 8)
+    with pytest.raises(UserError, match="greedily"):
+        lm.generate_until([request("Q", {"do_sample": True, "temperature": 0.7})])
+
+
+def test_unknown_harness_task_is_a_clear_error(model, tokenizer, tmp_path):
+    with pytest.raises(UserError, match="no_such_task"):
+        run_harness(model, tokenizer, ["no_such_task"], include_path=tmp_path)

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pydoc_data.topics
+
+from slmtrain.eval.gguf_export import read_gguf
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def launch(name: str):
+    spec = importlib.util.spec_from_file_location(f"launch_{name}", REPO / "launch" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through the module
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_eval_on_an_hf_directory_runs_tasks_and_perplexity(hf_dir, tmp_path, capsys):
+    text = tmp_path / "held_out.txt"
+    text.write_text(pydoc_data.topics.topics["if"][:120])
+    results = tmp_path / "results.csv"
+    main = launch("eval")
+    assert main([f"model={hf_dir}", "tasks=piqa-mini,gsm8k-mini", "limit=2", f"text={text}",
+                 "quant=int8", f"csv={results}"]) == 0
+    assert main([f"model={hf_dir}", "tasks=arc-mini", "shots=1", "limit=1", f"csv={results}"]) == 0
+    out = capsys.readouterr().out
+    assert "task piqa-mini" in out and "exact_match" in out and "bits_per_byte" in out
+    rows = list(csv.DictReader(results.open()))
+    assert [r["eval"].split()[0] for r in rows] == ["perplexity", "perplexity", "task", "task", "task"]
+    assert rows[-1]["task"] == "arc-mini" and rows[-1]["shots"] == "1" and rows[0]["acc"] == ""
+
+
+def test_bench_device_prints_one_json_object(capsys):
+    main = launch("bench_device")
+    assert main(["model=tiny", "prompt=32", "gen=8", "repeats=1", "warmup=0", "format=json",
+                 "device_profile=jetson-orin-nano-8gb"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_s", "peak_memory_bytes",
+                "predicted_decode_tokens_per_s"):
+        assert result[key] > 0, key
+
+
+def test_export_gguf_from_a_preset(tmp_path, capsys):
+    assert launch("export_gguf")(["model=tiny", f"out={tmp_path / 'tiny.gguf'}", "quant=q8_0"]) == 0
+    assert "Q8_0" in capsys.readouterr().out
+    assert read_gguf(tmp_path / "tiny.gguf")["blk.1.ffn_down.weight"][0] == (64, 128)
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path):
+    run = subprocess.run([sys.executable, str(REPO / "launch" / "export_gguf.py"), "model=tiny",
+                          f"out={tmp_path / 'x.gguf'}", "quant=q3"], capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 2 and run.stderr.strip().count("\n") == 0 and "q4_0" in run.stderr
