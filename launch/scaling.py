@@ -5,7 +5,7 @@
     python launch/scaling.py budget target_loss=2.1 inference_tokens=2e12 [hardware=h100-sxm train_mfu=0.5 ...]
     python launch/scaling.py budget device=jetson-orin-nano-8gb precision=int4 context=4096 min_tokens_per_s=20
     python launch/scaling.py budget params=135e6 policy=inference_optimal inference_tokens=1e13
-    python launch/scaling.py sweep ...   (needs the trainer, slmtrain.train)
+    python launch/scaling.py sweep recipe=demo out=runs/sweep d_models=[32,64,96,128] tokens_per_param=[0.25,0.5,1,2]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from slmtrain.config import ConfigError, cli_main, split_args  # noqa: E402
 from slmtrain.scaling.commands import run_budget, run_fit  # noqa: E402
+from slmtrain.scaling.sweep import run_sweep  # noqa: E402
 
 COMMANDS = ("fit", "budget", "sweep")
 
@@ -27,10 +28,8 @@ def main(argv: list[str]) -> int:
     words, options = split_args(argv, positional=1)
     if not words or words[0] not in COMMANDS:
         raise ConfigError("command", f"give a sub-command first; valid choices: {', '.join(COMMANDS)}")
-    if words[0] == "sweep":
-        raise ConfigError("sweep", "not available yet: running a grid needs the trainer (slmtrain.train); "
-                                   "slmtrain.scaling.sweep.plan_grid already plans it")
-    result = run_fit(options) if words[0] == "fit" else run_budget(options)
+    command = {"fit": run_fit, "budget": run_budget, "sweep": run_sweep}[words[0]]
+    result = command(options)
     if options.get("format") == "json":
         print(json.dumps(result))
     else:

@@ -119,7 +119,7 @@ def load_launch_script():
     (("budget", "compute=1e20", "bogus=1"), "bogus: unknown key"),
     (("budget",), "say what to budget"),
     (("fit", "runs=/nonexistent.csv"), "runs not found"),
-    (("sweep",), "not available yet"),
+    (("sweep", "recipe=nope"), "unknown recipe 'nope'"),
 ])
 def test_cli_errors_are_one_line(args: tuple[str, ...], message: str, monkeypatch, capsys) -> None:
     launch = load_launch_script()

@@ -13,7 +13,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[2])
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from slmtrain.train.run import train  # noqa: E402
-from tests.train.conftest import tiny_recipe  # noqa: E402
+from tests.conftest import tiny_recipe  # noqa: E402
 
 
 class RecordSamples(Callback):

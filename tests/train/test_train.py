@@ -18,7 +18,7 @@ from slmtrain.config import ConfigError, UserError
 from slmtrain.train.callbacks import read_metrics
 from slmtrain.train.config import load_recipe, recipe_names
 from slmtrain.train.run import plan, train
-from tests.train.conftest import tiny_recipe
+from tests.conftest import tiny_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 
