@@ -199,7 +199,7 @@ def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         rope_theta=theta,
         rope_scaling=scaling,
         max_seq_len=int(hf.get("max_position_embeddings", 2048)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", model_type != "llama")),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),  # transformers' default for all three types
         qkv_bias=model_type == "qwen2",
         init_std=float(hf.get("initializer_range", 0.02)),
     )

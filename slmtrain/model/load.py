@@ -11,7 +11,7 @@ import torch
 
 from slmtrain.config import UserError
 from slmtrain.model import presets
-from slmtrain.model.hf import load_hf
+from slmtrain.model.hf import load_hf, read_hf_config
 from slmtrain.model.transformer import Transformer
 
 
@@ -34,11 +34,11 @@ class LoadedModel:
 class HFTokenizer:
     """A transformers tokenizer behind the small interface slmtrain uses (no special tokens added by encode)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, bos_id: int | None = None):
         from transformers import AutoTokenizer
 
         self.inner = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
-        self.bos_id = self.inner.bos_token_id
+        self.bos_id = self.inner.bos_token_id if bos_id is None else bos_id
         self.eos_id = self.inner.eos_token_id
 
     def encode(self, text: str) -> list[int]:
@@ -59,7 +59,8 @@ def load_model(spec: str | Path, dtype: torch.dtype = torch.float32) -> LoadedMo
             return LoadedModel(Transformer(presets.get(str(spec))).to(dtype).eval(), None, f"preset {spec} (random)")
         raise UserError(f"model not found: {spec} is neither a path nor a preset ({', '.join(presets.names())})")
     if path.is_dir() and (path / "config.json").is_file():
-        return LoadedModel(load_hf(path, dtype), _hf_tokenizer(path), f"hf {path}")
+        config = read_hf_config(path)
+        return LoadedModel(load_hf(path, dtype), _hf_tokenizer(path, config.get("bos_token_id")), f"hf {path}")
     if path.is_dir():  # an slmtrain run directory: its export if it has one, else its last checkpoint
         if (path / "hf" / "config.json").is_file():
             return load_model(path / "hf", dtype)
@@ -70,10 +71,12 @@ def load_model(spec: str | Path, dtype: torch.dtype = torch.float32) -> LoadedMo
     return LoadedModel(model, _checkpoint_tokenizer(hparams), f"checkpoint {path}")
 
 
-def _hf_tokenizer(path: Path) -> TextTokenizer | None:
+def _hf_tokenizer(path: Path, bos_id: int | None) -> TextTokenizer | None:
+    """The directory's tokenizer; the model's config.json has the last word on the document-start token (slmtrain
+    exports name EOS, which precedes every document in training)."""
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
         return None
-    return HFTokenizer(path)
+    return HFTokenizer(path, bos_id if isinstance(bos_id, int) else None)
 
 
 def _checkpoint_tokenizer(hparams: dict) -> TextTokenizer | None:
@@ -86,4 +89,22 @@ def _checkpoint_tokenizer(hparams: dict) -> TextTokenizer | None:
     if not meta.is_file():
         return None
     folder = Path(json.loads(meta.read_text())["tokenizer_model"]).parent
-    return Tokenizer.load(folder) if folder.is_dir() else None
+    return EosPrefixedTokenizer(Tokenizer.load(folder)) if folder.is_dir() else None
+
+
+class EosPrefixedTokenizer:
+    """A shards tokenizer as its model saw it: documents start after an EOS, never with a BOS."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.bos_id = inner.eos_id
+        self.eos_id = inner.eos_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.inner.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.inner.decode(ids)
+
+    def save_hf(self, out_dir: str | Path) -> None:
+        self.inner.save_hf(out_dir)

@@ -241,7 +241,8 @@ class Transformer(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Continue each row of ``input_ids`` (B, T). ``temperature=0`` is greedy. Uses a KV cache; rows that emit
-        ``eos_id`` keep emitting it. Returns (B, T + new) token ids."""
+        ``eos_id`` keep emitting it. Returns (B, T + new) token ids, where new = ``max_new_tokens`` unless the
+        context window ends first (new = max_seq_len - T) or every row has emitted ``eos_id``."""
         self.check_token_ids(input_ids)
         b, t = input_ids.shape
         total = min(t + max_new_tokens, self.config.max_seq_len)

@@ -182,16 +182,18 @@ def _finish(config: TrainConfig, module, meta: dict[str, Any], run_dir: Path, re
     model = module.model.float().eval()
     tokenizer_dir = Path(meta["tokenizer_model"]).parent
     tokenizer = Tokenizer.load(tokenizer_dir) if tokenizer_dir.is_dir() else None
+    # Every document in the shards follows an EOS, so EOS is the token this model knows as "a document starts".
     if config.export_hf:
-        export_hf(model, run_dir / "hf", tokenizer, bos_id=meta.get("bos_id"), eos_id=meta["eos_id"])
+        export_hf(model, run_dir / "hf", tokenizer, bos_id=meta["eos_id"], eos_id=meta["eos_id"])
         result["hf_export"] = str(run_dir / "hf")
     samples = []
     if tokenizer is not None:
         generator = torch.Generator().manual_seed(config.seed)
+        device = next(model.parameters()).device
         for prompt in ("The", "def ", "In this section")[: config.samples]:
-            ids = torch.tensor([[tokenizer.bos_id, *tokenizer.encode(prompt)]]) if tokenizer.bos_id >= 0 else torch.tensor([tokenizer.encode(prompt)])
-            out = model.generate(ids.to(next(model.parameters()).device), config.sample_tokens, temperature=0.8,
-                                 top_k=50, eos_id=meta["eos_id"], generator=generator)
+            ids = torch.tensor([[meta["eos_id"], *tokenizer.encode(prompt)]], device=device)
+            out = model.generate(ids, config.sample_tokens, temperature=0.8, top_k=50, eos_id=meta["eos_id"],
+                                 generator=generator)
             samples.append(tokenizer.decode(out[0, ids.shape[1]:].tolist()))
             print(f"--- sample: {prompt!r}\n{prompt}{samples[-1]}\n")
     result["samples"] = samples

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eval_helpers import BOS, EOS, ByteTokenizer, save_byte_level_hf_tokenizer, tiny_model
+from tests.eval.eval_helpers import BOS, EOS, ByteTokenizer, save_byte_level_hf_tokenizer, tiny_model
 
 
 @pytest.fixture(autouse=True)

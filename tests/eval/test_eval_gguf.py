@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval_helpers import tiny_model
+from tests.eval.eval_helpers import tiny_model
 from slmtrain.config import ConfigError
 from slmtrain.eval.gguf_export import export_gguf, gguf_tensors, permute_for_gguf, read_gguf
 from slmtrain.model.config import RopeScaling

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from eval_helpers import BOS
+from tests.eval.eval_helpers import BOS
 from slmtrain.config import UserError
 from slmtrain.eval.harness import SlmtrainLM, run_harness
 from slmtrain.eval.perplexity import sequence_nll

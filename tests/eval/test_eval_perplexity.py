@@ -8,7 +8,7 @@ import pydoc_data.topics
 import pytest
 import torch
 
-from eval_helpers import BOS, EOS, tiny_model
+from tests.eval.eval_helpers import BOS, EOS, tiny_model
 from slmtrain.config import UserError
 from slmtrain.eval.perplexity import perplexity_of_shards, perplexity_of_texts, read_documents, sequence_nll
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from eval_helpers import tiny_model
+from tests.eval.eval_helpers import tiny_model
 from slmtrain.eval import runtime
 from slmtrain.eval.quantize import QuantizedLinear, quantize_model, quantization_table
 from slmtrain.eval.runtime import (EnergyMeter, bench_device, decode_timing, kv_cache_bytes, measure_host_profile,

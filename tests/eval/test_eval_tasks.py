@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from eval_helpers import BOS, EOS, tiny_model
+from tests.eval.eval_helpers import BOS, EOS, tiny_model
 from slmtrain.config import ConfigError, UserError
 from slmtrain.eval import tasks
 from slmtrain.eval.tasks import (encode_pair, evaluate_task, extract_number, fewshot_prefix, greedy_until,

@@ -1,0 +1,87 @@
+"""Print what a model costs, from its config alone: parameters, FLOPs per token, KV-cache and weight bytes.
+
+    python launch/model_info.py model=NAME [model.KEY=VALUE ...] [seq_len=N] [format=table|json]
+
+Without a preset name, ``model.KEY=VALUE`` pairs describe a model from scratch (ModelConfig's fields).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# launch/tokenize.py shadows the standard library's `tokenize` (imported by dataclasses, inspect...): take launch/
+# off the import path before anything imports it, then make the repository importable.
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+sys.path.insert(0, os.path.dirname(_here))
+
+import json  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any, Literal  # noqa: E402
+
+from slmtrain.config import ConfigError, build, cli_main, split_args, to_dict  # noqa: E402
+from slmtrain.model import presets  # noqa: E402
+from slmtrain.model.config import ModelConfig  # noqa: E402
+
+USAGE = "model=NAME [model.KEY=VALUE ...] [seq_len=N] [format=table|json]"
+
+
+@dataclass
+class Args:
+    model: dict[str, Any] = field(default_factory=dict)  # {"preset": NAME, KEY: VALUE, ...}
+    seq_len: int | None = None  # context for the attention FLOPs; None: the model's max_seq_len
+    format: Literal["table", "json"] = "table"
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigError("model", f"required: {USAGE}; presets: {', '.join(presets.names())}")
+        if self.seq_len is not None and self.seq_len <= 0:
+            raise ConfigError("seq_len", f"must be positive, got {self.seq_len}")
+
+
+def model_config(fields: dict[str, Any]) -> ModelConfig:
+    try:
+        return presets.resolve(fields)
+    except ConfigError as e:
+        raise (e if e.key == "model" else e.under("model")) from None  # name the key as the user typed it
+
+
+def format_table(name: str, config: ModelConfig, report: dict[str, float]) -> str:
+    rows = [(key, f"{value:,.0f}", _readable(key, value)) for key, value in report.items()]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    shape = (f"{name}: {config.n_layer} layers, d_model {config.d_model}, {config.n_head} heads ({config.kv_heads} KV, "
+             f"dim {config.head_dim_}), {config.ffn} {config.ffn_dim}, vocab {config.padded_vocab_size}, "
+             f"{'tied' if config.tie_embeddings else 'untied'} embeddings")
+    lines = [f"{key:<{widths[0]}}  {value:>{widths[1]}}  {readable:>{widths[2]}}".rstrip() for key, value, readable
+             in rows]
+    return "\n".join([shape, *lines])
+
+
+def _readable(key: str, value: float) -> str:
+    """134515008 params -> '134.52 M'; FLOPs and bytes get their unit; plain counts (seq_len) nothing."""
+    unit = next((u for part, u in (("params", ""), ("flops", "FLOP"), ("bytes", "B")) if part in key), None)
+    if unit is None:
+        return ""
+    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {prefix}{unit}"
+    return f"{value:g} {unit}".rstrip()
+
+
+def main(argv: list[str]) -> int:
+    # `model=NAME model.KEY=VALUE` in one dotlist would keep only one of the two: the name becomes model.preset.
+    _, overrides = split_args([f"model.preset={a[len('model='):]}" if a.startswith("model=") else a for a in argv])
+    args = build(Args, overrides)
+    config = model_config(args.model)
+    report = config.accounting(args.seq_len)
+    name = str(args.model.get("preset", "custom"))
+    if args.format == "json":
+        print(json.dumps({"model": name, **report, "config": to_dict(config)}))
+    else:
+        print(format_table(name, config, report))
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)()
