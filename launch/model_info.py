@@ -70,8 +70,7 @@ def _readable(key: str, value: float) -> str:
 
 
 def main(argv: list[str]) -> int:
-    # `model=NAME model.KEY=VALUE` in one dotlist would keep only one of the two: the name becomes model.preset.
-    _, overrides = split_args([f"model.preset={a[len('model='):]}" if a.startswith("model=") else a for a in argv])
+    _, overrides = split_args(presets.expand_shorthand(argv))
     args = build(Args, overrides)
     config = model_config(args.model)
     report = config.accounting(args.seq_len)

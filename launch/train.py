@@ -9,13 +9,14 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the repo, not launch/: launch/tokenize.py would shadow the stdlib
 
 from slmtrain.config import ConfigError, cli_main, parse_overrides  # noqa: E402
+from slmtrain.model import presets  # noqa: E402
 from slmtrain.train.config import load_recipe  # noqa: E402
 from slmtrain.train.run import format_plan, plan, train  # noqa: E402
 
 
 @cli_main
 def main(argv: list[str]) -> int:
-    args = parse_overrides(argv)
+    args = parse_overrides(presets.expand_shorthand(argv))
     recipe = args.pop("recipe", None)
     ckpt = args.pop("ckpt", None)
     dry_run = args.pop("dry_run", False)

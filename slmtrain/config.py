@@ -59,9 +59,14 @@ def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
 
 def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
     """``['a.b=1', 'c=x']`` -> ``{'a': {'b': 1}, 'c': 'x'}``. Values are parsed as YAML scalars."""
+    keys = []
     for arg in argv:
         if "=" not in arg or arg.startswith("="):
             raise ConfigError("", f"argument {arg!r} is not of the form key=value")
+        keys.append(arg.split("=", 1)[0])
+    for key in keys:  # OmegaConf would silently let one of the two win
+        if any(other.startswith(key + ".") for other in keys):
+            raise ConfigError(key, f"given both as a value and with sub-keys ({key}.KEY=...); give one or the other")
     try:
         return _plain(OmegaConf.from_dotlist(list(argv)))
     except OmegaConfBaseException as e:

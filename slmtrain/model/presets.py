@@ -74,3 +74,8 @@ def resolve(spec: str | dict[str, Any] | ModelConfig) -> ModelConfig:
     if preset is None:
         return build(ModelConfig, fields)
     return get(str(preset), **fields)
+
+
+def expand_shorthand(argv: list[str]) -> list[str]:
+    """Command lines say ``model=NAME model.KEY=VALUE``: the name is the preset the keys override."""
+    return [f"model.preset={arg[len('model='):]}" if arg.startswith("model=") else arg for arg in argv]
