@@ -5,17 +5,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
+from pathlib import Path
 
-# launch/tokenize.py shadows the standard library's `tokenize` (imported by dataclasses, inspect...): take launch/
-# off the import path before anything imports it, then make the repository importable.
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
-sys.path.insert(0, os.path.dirname(_here))
+_repo = Path(__file__).resolve().parent.parent  # launch/ leaves the path: launch/tokenize.py would shadow the stdlib
+sys.path[:] = [str(_repo)] + [p for p in sys.path if Path(p or ".").resolve() != _repo / "launch"]
 
 from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Literal  # noqa: E402
 
 from slmtrain.config import ConfigError, build, cli_main, split_args  # noqa: E402

@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-# The repo root replaces this script's folder on the path: launch/tokenize.py would shadow the stdlib tokenize.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
+_repo = Path(__file__).resolve().parent.parent  # launch/ leaves the path: launch/tokenize.py would shadow the stdlib
+sys.path[:] = [str(_repo)] + [p for p in sys.path if Path(p or ".").resolve() != _repo / "launch"]
 
 from slmtrain.config import ConfigError, cli_main, split_args  # noqa: E402
 from slmtrain.scaling.commands import run_budget, run_fit  # noqa: E402

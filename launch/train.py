@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the repo, not launch/: launch/tokenize.py would shadow the stdlib
+_repo = Path(__file__).resolve().parent.parent  # launch/ leaves the path: launch/tokenize.py would shadow the stdlib
+sys.path[:] = [str(_repo)] + [p for p in sys.path if Path(p or ".").resolve() != _repo / "launch"]
 
 from slmtrain.config import ConfigError, cli_main, parse_overrides  # noqa: E402
 from slmtrain.model import presets  # noqa: E402

@@ -157,6 +157,9 @@ def build(cls: type[T], data: Mapping[str, Any] | None = None, prefix: str = "")
         if key not in fields:
             raise ConfigError(path, f"unknown key; valid keys: {', '.join(sorted(fields))}")
         kwargs[key] = _coerce(hints[key], value, path)
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}.{name}" if prefix else name, "required, and not given")
     try:
         return cls(**kwargs)
     except ConfigError as e:
