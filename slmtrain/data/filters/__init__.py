@@ -1,0 +1,1 @@
+"""slmtrain's own datatrove PipelineSteps: model-based quality filters, offline variants, counted input/rejections."""

@@ -1,0 +1,183 @@
+"""Readers that count what they cannot read, and a wrapper that records what a step silently drops.
+
+Bad input never crashes a run and never loses the rest of a file: a corrupt JSONL line, invalid UTF-8, a record
+without text, an empty or giant document, or an unreadable file becomes a *rejected* record (with its reason,
+source file and line) written by ``rejected_writer``, and is counted in the reader's stats as ``rejected`` and
+``rejected_<reason>``. Lines are read with a size bound, so one giant line never sits in memory whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Iterator
+
+import orjson
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.readers.base import BaseDiskReader
+from datatrove.pipeline.writers.disk_base import DiskWriter
+from datatrove.utils.typeshelper import StatHints
+
+SNIPPET_CHARS = 200  # how much of a rejected record is kept, to show what it looked like
+READ_CHUNK = 1 << 20
+
+
+class RejectingReader(BaseDiskReader):
+    """Base for readers that reject bad records with a reason instead of skipping them silently."""
+
+    def __init__(self, data_folder: str, rejected_writer: DiskWriter | None = None, max_doc_chars: int = 1_000_000,
+                 glob_pattern: str | None = None, text_key: str = "text", id_key: str = "id"):
+        super().__init__(data_folder, glob_pattern=glob_pattern, text_key=text_key, id_key=id_key)
+        self.rejected_writer = rejected_writer
+        self.max_doc_chars = max_doc_chars
+        self._rejected: DiskWriter | None = None
+        self._rank = 0
+
+    def reject(self, reason: str, source: str, where: int | str, snippet: bytes | str) -> None:
+        self.stat_update("rejected", f"rejected_{reason}")
+        if self._rejected is not None:
+            if isinstance(snippet, bytes):
+                snippet = snippet[: SNIPPET_CHARS * 4].decode("utf-8", errors="replace")
+            record = Document(text=snippet[:SNIPPET_CHARS], id=f"{source}#{where}",
+                              metadata={"reason": reason, "file": source, "where": where})
+            self._rejected.write(record, self._rank)
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        self._rank = rank
+        if not self.data_folder.list_files(recursive=self.recursive, glob_pattern=self.glob_pattern):
+            self.stat_update("input_files", value=0)  # an empty input folder: nothing to read, not an error
+            return
+        with self.rejected_writer if self.rejected_writer else contextlib.nullcontext() as writer:
+            self._rejected = writer
+            yield from super().run(data, rank, world_size)
+            self._rejected = None
+
+    def read_file(self, filepath: str) -> DocumentsPipeline:
+        try:
+            yield from self.read_records(filepath)
+        except Exception as error:  # noqa: BLE001 - any unreadable file is counted, and the run goes on
+            self.reject("unreadable_file", filepath, "file", f"{type(error).__name__}: {error}")
+
+    def read_records(self, filepath: str) -> DocumentsPipeline:
+        raise NotImplementedError
+
+    def checked_document(self, record: dict, filepath: str, where: int | str) -> Document | None:
+        """The record as a Document, or None after rejecting it (missing/empty/non-string/giant text)."""
+        text = record.get(self.text_key)
+        if text is None:
+            self.reject("missing_text", filepath, where, orjson.dumps(record)[:SNIPPET_CHARS])
+        elif not isinstance(text, str):
+            self.reject("text_not_a_string", filepath, where, repr(text))
+        elif not text.strip():
+            self.reject("empty_text", filepath, where, "")
+        elif len(text) > self.max_doc_chars:
+            self.reject("giant_document", filepath, where, text)
+        else:
+            return self.get_document_from_dict(record, filepath, where)
+        return None
+
+
+class RecordingJsonlReader(RejectingReader):
+    """JSONL (plain, .gz, .zst) reader; one bad line costs one rejected record, never the rest of the file."""
+
+    name = "🐿 Jsonl (counted rejections)"
+
+    def read_records(self, filepath: str) -> DocumentsPipeline:
+        # 4 bytes per character is the UTF-8 worst case: a longer line is giant whatever it holds
+        max_line_bytes = self.max_doc_chars * 4 + 4096
+        with self.data_folder.open(filepath, "rb", compression="infer") as f:
+            for line_number, line in enumerate(_bounded_lines(f, max_line_bytes), start=1):
+                if line is None:
+                    self.reject("giant_document", filepath, line_number, b"")
+                    continue
+                if not line.strip():
+                    continue
+                with self.track_time():
+                    try:
+                        record = orjson.loads(line)  # validates UTF-8 too
+                    except orjson.JSONDecodeError as error:
+                        reason = "invalid_utf8" if "utf-8" in str(error).lower() else "corrupt_json"
+                        self.reject(reason, filepath, line_number, line)
+                        continue
+                    if not isinstance(record, dict):
+                        self.reject("not_an_object", filepath, line_number, line)
+                        continue
+                    document = self.checked_document(record, filepath, line_number)
+                if document is not None:
+                    yield document
+
+
+class HtmlFolderReader(RejectingReader):
+    """Each ``.html``/``.htm`` file of a folder is one document (raw HTML; an extraction step follows)."""
+
+    name = "🌐 HTML files"
+
+    def read_records(self, filepath: str) -> DocumentsPipeline:
+        with self.data_folder.open(filepath, "rb") as f:
+            raw = f.read(self.max_doc_chars * 4 + 1)
+        if len(raw) > self.max_doc_chars * 4:
+            self.reject("giant_document", filepath, "file", b"")
+            return
+        text = raw.decode("utf-8", errors="replace")  # legacy pages are often latin-1; the extractor copes
+        if "\ufffd" in text:
+            self.stat_update("utf8_replaced")
+        document = self.checked_document({self.text_key: text, self.id_key: filepath}, filepath, "file")
+        if document is not None:
+            yield document
+
+
+def _bounded_lines(f, max_bytes: int) -> Iterator[bytes | None]:  # noqa: ANN001 - any binary file object
+    """Lines of a binary file; a line longer than ``max_bytes`` is skipped in chunks and yielded as None."""
+    while True:
+        line = f.readline(max_bytes + 1)
+        if not line:
+            return
+        if len(line) <= max_bytes:
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):
+            line = f.readline(READ_CHUNK)
+        yield None
+
+
+class RecordRemovals(PipelineStep):
+    """Run a 1-in/0-or-1-out step (an extractor) and write each document it drops, with ``reason``.
+
+    datatrove extractors drop documents (empty extraction, timeout) without an exclusion writer; this keeps the
+    promise that every removed document is recorded. Works because such steps keep the order of documents.
+    """
+
+    def __init__(self, step: PipelineStep, exclusion_writer: DiskWriter | None, reason: str):
+        self.name, self.type = step.name, step.type  # before super().__init__, which names the stats
+        super().__init__()
+        self.step = step
+        self.exclusion_writer = exclusion_writer
+        self.reason = reason
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        pending: deque[Document] = deque()
+
+        def feed() -> DocumentsPipeline:
+            for document in data:
+                pending.append(document)
+                yield document
+
+        with self.exclusion_writer if self.exclusion_writer else contextlib.nullcontext() as writer:
+
+            def drop(document: Document) -> None:
+                self.stat_update(StatHints.total, StatHints.dropped)
+                if writer is not None:
+                    document.text = document.text or ""  # a failed extraction may leave None
+                    document.metadata["filter_reason"] = self.reason
+                    writer.write(document, rank)
+
+            for kept in self.step.run(feed(), rank, world_size):
+                while pending[0] is not kept:
+                    drop(pending.popleft())
+                pending.popleft()
+                self.stat_update(StatHints.total, StatHints.forwarded)
+                yield kept
+            for document in pending:
+                drop(document)
+        self.stats.time_stats = self.step.stats.time_stats

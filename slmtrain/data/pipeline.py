@@ -1,0 +1,413 @@
+"""Curation pipelines: ``data_filters/NAME.yaml`` -> datatrove stages -> kept/removed/rejected + a per-step table.
+
+A declaration lists ``steps`` as an ordered mapping ``name: {type: TYPE, param: value, ...}`` (``type`` defaults
+to the name; ``enabled: false`` drops a step). Parameters are those of the step's class, checked by name, so a
+typo is an error naming the valid keys. ``minhash`` splits the pipeline into stages (datatrove's 4-stage MinHash:
+the documents kept so far go to ``work/``, are signed, bucketed, clustered, then filtered).
+
+Output layout (the tokenizer and the trainer rely on it)::
+
+    OUTPUT/kept/*.jsonl.gz              kept documents (text, id, metadata)
+    OUTPUT/removed/<step>/*.jsonl.gz    every removed document, with metadata.filter_reason
+    OUTPUT/rejected/*.jsonl.gz          unreadable input (corrupt line, bad UTF-8, giant, ...) with its reason
+    OUTPUT/stats.json, stats.png        per-step in / kept / removed / seconds, and the totals
+    OUTPUT/logs/<stage>/                datatrove logs and completion markers (a re-run skips finished tasks)
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.executor.base import PipelineExecutor
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.dedup.minhash import (
+    MinhashConfig,
+    MinhashDedupBuckets,
+    MinhashDedupCluster,
+    MinhashDedupFilter,
+    MinhashDedupSignature,
+)
+from datatrove.pipeline.extractors import Trafilatura
+from datatrove.pipeline.filters import (
+    C4QualityFilter,
+    FineWebQualityFilter,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+)
+from datatrove.pipeline.formatters import PIIFormatter
+from datatrove.pipeline.readers import ParquetReader, WarcReader
+from datatrove.pipeline.writers import JsonlWriter
+
+from slmtrain.config import REPO_ROOT, ConfigError, UserError, build, load_declaration, merge
+from slmtrain.data.filters.embedding_quality import EmbeddingQualityFilter
+from slmtrain.data.filters.fasttext_quality import FastTextQualityFilter, train_fasttext_classifier
+from slmtrain.data.filters.inputs import HtmlFolderReader, RecordingJsonlReader, RecordRemovals
+from slmtrain.data.filters.offline import OfflineLanguageFilter, OfflineURLFilter
+from slmtrain.data.filters.perplexity import PerplexityFilter
+
+FILTERS_DIR = REPO_ROOT / "data_filters"
+EXECUTORS = ("local", "slurm", "ray")
+
+# Steps that remove documents and take an ``exclusion_writer``.
+FILTER_STEPS: dict[str, type[PipelineStep]] = {
+    "url": OfflineURLFilter,
+    "language": OfflineLanguageFilter,
+    "gopher_repetition": GopherRepetitionFilter,
+    "gopher_quality": GopherQualityFilter,
+    "c4_quality": C4QualityFilter,
+    "fineweb_quality": FineWebQualityFilter,
+    "fasttext_quality": FastTextQualityFilter,
+    "embedding_quality": EmbeddingQualityFilter,
+    "perplexity": PerplexityFilter,
+}
+# Steps that rewrite text: ``trafilatura`` runs only on HTML/WARC input (JSONL/Parquet text is already extracted).
+TEXT_STEPS: dict[str, type[PipelineStep]] = {"trafilatura": Trafilatura, "pii": PIIFormatter}
+STEP_TYPES = sorted([*FILTER_STEPS, *TEXT_STEPS, "minhash"])
+
+INPUT_SUFFIXES = {"jsonl": (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz"), "parquet": (".parquet",),
+                  "warc": (".warc", ".warc.gz"), "html": (".html", ".htm")}
+INPUT_GLOBS = {"jsonl": "**/*.json*", "parquet": "**/*.parquet", "warc": "**/*.warc*", "html": "**/*.htm*"}
+
+
+@dataclass
+class PipelineConfig:
+    """A curation pipeline as declared in ``data_filters/NAME.yaml`` (plus command-line overrides)."""
+
+    description: str = ""
+    input_format: Literal["auto", "jsonl", "parquet", "warc", "html", "hf"] = "auto"
+    default_input: Literal["none", "demo"] = "none"  # 'demo': without input=, build the embedded demo corpus
+    text_key: str = "text"
+    max_doc_chars: int = 1_000_000  # longer documents are rejected as giant
+    tasks_per_worker: int = 4  # input shards per worker (more tasks, better balance, more files)
+    hf_split: str = "train"
+    steps: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.steps:
+            raise ConfigError("steps", "a pipeline needs at least one step")
+        if self.max_doc_chars < 1:
+            raise ConfigError("max_doc_chars", "must be >= 1")
+        for name, spec in self.steps.items():
+            spec = {} if spec is None else spec
+            if not isinstance(spec, dict):
+                raise ConfigError(f"steps.{name}", f"expected a mapping of parameters, got {spec!r}")
+            step_type = spec.get("type", name)
+            if step_type not in STEP_TYPES:
+                raise ConfigError(f"steps.{name}.type", f"invalid value {step_type!r}; valid choices: "
+                                  f"{', '.join(STEP_TYPES)}")
+            self.steps[name] = spec
+
+
+@dataclass
+class Stage:
+    """One datatrove executor's worth of work, with the labels of the steps that get a row in the table."""
+
+    name: str
+    pipeline: list[PipelineStep]
+    rows: dict[int, str]  # pipeline index -> step name in the table
+    tasks: int
+    before: list[Callable[[], None]] = field(default_factory=list)  # run in the driver first (on-the-spot training)
+
+
+def load_pipeline_config(name_or_path: str, overrides: dict | None = None) -> PipelineConfig:
+    mapping = load_declaration("filter", name_or_path, FILTERS_DIR)
+    return build(PipelineConfig, merge(mapping, overrides or {}))
+
+
+def run_pipeline(name_or_path: str, input: str | Path | None, output: Path, overrides: dict | None = None,
+                 executor: str = "local", workers: int = 1) -> dict:
+    """Run a curation pipeline; return the stats dict (also written to ``output/stats.json`` and ``stats.png``).
+
+    Re-running with the same output skips the tasks that already finished.
+    """
+    if executor not in EXECUTORS:
+        raise ConfigError("executor", f"invalid value {executor!r}; valid choices: {', '.join(EXECUTORS)}")
+    if workers < 1:
+        raise ConfigError("workers", f"must be >= 1, got {workers}")
+    config = load_pipeline_config(name_or_path, overrides)
+    output = Path(output).resolve()
+    started = time.perf_counter()
+    source = _resolve_input(config, input, output)
+    stages = build_stages(config, source, output, workers)
+    if executor != "local":
+        _submit_cluster(stages, executor, output, workers)
+        return {"pipeline": name_or_path, "output": str(output), "submitted": executor}
+    for stage in stages:
+        for prepare in stage.before:
+            prepare()
+        LocalPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=min(workers, stage.tasks),
+                              logging_dir=str(output / "logs" / stage.name)).run()
+    stats = collect_stats(stages, output)
+    stats.update(pipeline=name_or_path, input=str(source), output=str(output),
+                 wall_seconds=round(time.perf_counter() - started, 2))
+    (output / "stats.json").write_text(json.dumps(stats, indent=2))
+    plot_stats(stats, output / "stats.png")
+    return stats
+
+
+def _resolve_input(config: PipelineConfig, input: str | Path | None, output: Path) -> str:
+    if input is not None:
+        if not str(input).startswith("hf://") and not Path(input).exists():
+            raise UserError(f"input not found: {input}")
+        return str(input) if str(input).startswith("hf://") else str(Path(input).resolve())
+    if config.default_input != "demo":
+        raise UserError("input= is required for this pipeline (only pipelines with default_input: demo build one)")
+    from slmtrain.data.demo import write_demo_documents
+
+    source, done = output / "source", output / "source" / ".complete"
+    if not done.is_file():
+        write_demo_documents(source)
+        done.touch()
+    return str(source)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building the stages
+
+
+def build_stages(config: PipelineConfig, source: str, output: Path, workers: int) -> list[Stage]:
+    input_format = _input_format(config, source)
+    reader, n_files = _reader(config, input_format, source, output)
+    tasks = max(1, min(n_files, workers * config.tasks_per_worker))
+    stages: list[Stage] = []
+    current = Stage("filter_1", [reader], {0: "read"}, tasks)
+    for name, spec in config.steps.items():
+        params = dict(spec)
+        step_type = params.pop("type", name)
+        if not params.pop("enabled", True):
+            continue
+        if step_type == "trafilatura" and input_format not in ("html", "warc"):
+            continue  # text is already extracted
+        if step_type == "minhash":
+            k = len(stages) // 4 + 1  # this is the k-th MinHash: it reads what stage k kept
+            stages += _minhash_stages(current, k, name, params, output, tasks, config.max_doc_chars)
+            dedup = MinhashDedupFilter(input_folder=str(output / "work" / f"minhash_{k}" / "remove"),
+                                       exclusion_writer=_removed_writer(output, name))
+            reread = RecordingJsonlReader(str(output / "work" / f"stage_{k}"), max_doc_chars=config.max_doc_chars)
+            current = Stage(f"filter_{k + 1}", [reread, dedup], {1: name}, tasks)
+            continue
+        if step_type == "fasttext_quality" and "train" in params:
+            current.before.append(_fasttext_trainer(name, params.pop("train"), params, output))
+        step = _make_step(name, step_type, params, output)
+        current.rows[len(current.pipeline)] = name
+        current.pipeline.append(step)
+    current.pipeline.append(JsonlWriter(str(output / "kept")))
+    return [*stages, current]
+
+
+def _input_format(config: PipelineConfig, source: str) -> str:
+    if config.input_format != "auto":
+        return config.input_format
+    if source.startswith("hf://"):
+        return "hf"
+    path = Path(source)
+    names = [path.name] if path.is_file() else [p.name for p in path.rglob("*") if p.is_file()]
+    for input_format, suffixes in INPUT_SUFFIXES.items():
+        if any(n.endswith(suffixes) for n in names):
+            return input_format
+    return "jsonl"  # an empty folder: read nothing, report zero documents
+
+
+def _reader(config: PipelineConfig, input_format: str, source: str, output: Path) -> tuple[PipelineStep, int]:
+    """The reader for the input and the number of input files (which bounds useful parallelism)."""
+    if input_format == "hf":
+        from datatrove.pipeline.readers import HuggingFaceDatasetReader
+
+        dataset = source.removeprefix("hf://")
+        return HuggingFaceDatasetReader(dataset, {"split": config.hf_split, "streaming": True},
+                                        text_key=config.text_key), 1
+    path = Path(source)
+    folder, pattern = (str(path.parent), path.name) if path.is_file() else (source, INPUT_GLOBS[input_format])
+    n_files = 1 if path.is_file() else sum(1 for p in path.rglob("*") if p.name.endswith(INPUT_SUFFIXES[input_format]))
+    if input_format == "parquet":
+        return ParquetReader(folder, glob_pattern=pattern, text_key=config.text_key), n_files
+    if input_format == "warc":
+        return WarcReader(folder, glob_pattern=pattern), n_files
+    reader_type = HtmlFolderReader if input_format == "html" else RecordingJsonlReader
+    rejected = JsonlWriter(str(output / "rejected"))
+    return reader_type(folder, rejected, config.max_doc_chars, glob_pattern=pattern, text_key=config.text_key), n_files
+
+
+def _removed_writer(output: Path, name: str) -> JsonlWriter:
+    return JsonlWriter(str(output / "removed" / name))
+
+
+def _make_step(name: str, step_type: str, params: dict, output: Path) -> PipelineStep:
+    if step_type in FILTER_STEPS:
+        return _construct(name, FILTER_STEPS[step_type], {**params, "exclusion_writer": _removed_writer(output, name)})
+    step = _construct(name, TEXT_STEPS[step_type], params)
+    if step_type == "trafilatura":  # extractors drop failures silently: record them
+        return RecordRemovals(step, _removed_writer(output, name), reason="extraction_failed")
+    return step
+
+
+def _construct(name: str, cls: Callable, params: dict) -> Any:
+    """``cls(**params)`` with unknown parameters reported by step name, listing the valid ones."""
+    valid = [p for p in inspect.signature(cls).parameters if p not in ("self", "exclusion_writer", "kwargs")]
+    for key in params:
+        if key not in valid and key != "exclusion_writer":
+            raise ConfigError(f"steps.{name}.{key}", f"unknown key; valid keys: {', '.join(sorted(valid))}")
+    try:
+        return cls(**params)
+    except ConfigError as error:
+        raise error.under(f"steps.{name}") from None
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"steps.{name}", str(error)) from None
+
+
+def _minhash_stages(current: Stage, k: int, name: str, params: dict, output: Path, tasks: int,
+                    max_doc_chars: int) -> list[Stage]:
+    """Close the current stage into ``work/stage_k`` and add datatrove's MinHash signature/bucket/cluster stages."""
+    kept_so_far, minhash = output / "work" / f"stage_{k}", output / "work" / f"minhash_{k}"
+    config = _construct(name, MinhashConfig, params)
+    current.pipeline.append(JsonlWriter(str(kept_so_far)))
+    signatures = Stage(f"minhash_{k}_signatures", [RecordingJsonlReader(str(kept_so_far), max_doc_chars=max_doc_chars), MinhashDedupSignature(
+        output_folder=str(minhash / "signatures"), config=config)], {}, tasks)
+    buckets = Stage(f"minhash_{k}_buckets", [MinhashDedupBuckets(
+        input_folder=str(minhash / "signatures"), output_folder=str(minhash / "buckets"), config=config)],
+        {}, config.num_buckets)
+    cluster = Stage(f"minhash_{k}_cluster", [MinhashDedupCluster(
+        input_folder=str(minhash / "buckets"), output_folder=str(minhash / "remove"), config=config)], {}, 1)
+    return [current, signatures, buckets, cluster]
+
+
+def _fasttext_trainer(name: str, train: dict, params: dict, output: Path) -> Callable[[], None]:
+    """Train the step's fastText model before its stage runs, unless the model file exists already.
+
+    ``{output}`` in the training paths stands for the output folder (e.g. negatives = the documents removed by
+    the heuristic steps of this very run).
+    """
+    if not isinstance(train, dict) or not {"positives", "negatives"} <= set(train):
+        raise ConfigError(f"steps.{name}.train", "expected a mapping with positives: and negatives: paths")
+    model = Path(str(params.get("model", "")))
+    if not params.get("model"):
+        raise ConfigError(f"steps.{name}.model", "a path is required (where the trained model is saved)")
+    if not model.is_absolute():
+        params["model"] = model = output / model  # a relative model path lives in the run's output
+    valid = set(inspect.signature(train_fasttext_classifier).parameters) - {"out"}
+    if unknown := set(train) - valid:
+        raise ConfigError(f"steps.{name}.train.{sorted(unknown)[0]}", f"unknown key; valid keys: "
+                          f"{', '.join(sorted(valid))}")
+
+    def expand(paths: str | list[str]) -> list[str]:
+        return [p.replace("{output}", str(output)) for p in ([paths] if isinstance(paths, str) else paths)]
+
+    def prepare() -> None:
+        if model.is_file():
+            return
+        metrics = train_fasttext_classifier(**{**train, "positives": expand(train["positives"]),
+                                               "negatives": expand(train["negatives"]), "out": model})
+        (output / f"{name}_training.json").write_text(json.dumps(metrics, indent=2))
+
+    return prepare
+
+
+def _submit_cluster(stages: list[Stage], executor: str, output: Path, workers: int) -> None:
+    """Chain the stages with ``depends`` on Slurm or Ray (each stage waits for the previous one)."""
+    if any(stage.before for stage in stages):
+        raise ConfigError("executor", "on-the-spot fastText training needs executor=local (or a trained model: "
+                          "drop the step's train: section)")
+    previous: PipelineExecutor | None = None
+    for stage in stages:
+        logging_dir = str(output / "logs" / stage.name)
+        if executor == "slurm":
+            from datatrove.executor import SlurmPipelineExecutor
+
+            previous = SlurmPipelineExecutor(stage.pipeline, tasks=stage.tasks, time="24:00:00", partition="",
+                                             logging_dir=logging_dir, depends=previous, workers=workers)
+        else:
+            from datatrove.executor import RayPipelineExecutor
+
+            previous = RayPipelineExecutor(stage.pipeline, tasks=stage.tasks, logging_dir=logging_dir,
+                                           depends=previous, workers=workers)
+    previous.run()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stats: the per-step table, JSON and plot
+
+
+def collect_stats(stages: list[Stage], output: Path) -> dict:
+    """Per-step rows (in, kept, removed, seconds) from the stages' datatrove stats, and balanced totals."""
+    rows: list[dict] = []
+    dedup_seconds = 0.0
+    for stage in stages:
+        stats_file = output / "logs" / stage.name / "stats.json"
+        step_stats = json.loads(stats_file.read_text()) if stats_file.is_file() else []
+        if not stage.rows:  # a MinHash signature/bucket/cluster stage: its time goes to the dedup row
+            dedup_seconds += sum(_seconds(s) for s in step_stats)
+            continue
+        for index, name in stage.rows.items():
+            counts = step_stats[index]["stats"] if index < len(step_stats) else {}
+            seconds = _seconds(step_stats[index]) if index < len(step_stats) else 0.0
+            if name == "read":
+                kept, rejected = _count(counts, "documents"), _count(counts, "rejected")
+                rows.append({"step": name, "in": kept + rejected, "kept": kept, "removed": 0, "rejected": rejected,
+                             "rejected_by_reason": _by_prefix(counts, "rejected_"), "seconds": round(seconds, 3)})
+                continue
+            if isinstance(stage.pipeline[index], MinhashDedupFilter):
+                seconds, dedup_seconds = seconds + dedup_seconds, 0.0
+            removed = _count(counts, "dropped")
+            # steps that only rewrite text (pii) count 'total' but not 'forwarded'
+            kept = _count(counts, "forwarded") if "forwarded" in counts else _count(counts, "total") - removed
+            rows.append({"step": name, "in": _count(counts, "total"), "kept": kept, "removed": removed,
+                         "removed_by_reason": _by_prefix(counts, "dropped_"), "seconds": round(seconds, 3)})
+    first, kept = rows[0], rows[-1]["kept"]
+    removed = sum(row["removed"] for row in rows)
+    totals = {"documents_in": first["in"], "kept": kept, "removed": removed, "rejected": first["rejected"]}
+    totals["balanced"] = totals["documents_in"] == kept + removed + totals["rejected"]
+    return {"steps": rows, "totals": totals}
+
+
+def _seconds(step_stats: dict) -> float:
+    timing = step_stats["time_stats"]  # a bare 0 when the step saw no documents
+    return float(timing.get("total", 0.0) if isinstance(timing, dict) else timing)
+
+
+def _count(counts: dict, key: str) -> int:
+    value = counts.get(key, 0)
+    return int(value["total"] if isinstance(value, dict) else value)
+
+
+def _by_prefix(counts: dict, prefix: str) -> dict[str, int]:
+    return {key.removeprefix(prefix): _count(counts, key) for key in counts if key.startswith(prefix)}
+
+
+def format_table(stats: dict) -> str:
+    lines = [f"{'step':<20} {'in':>9} {'kept':>9} {'removed':>9} {'seconds':>9}"]
+    for row in stats["steps"]:
+        lines.append(f"{row['step']:<20} {row['in']:>9} {row['kept']:>9} {row['removed']:>9} {row['seconds']:>9.2f}")
+    t = stats["totals"]
+    lines.append(f"documents in {t['documents_in']} = kept {t['kept']} + removed {t['removed']} + rejected "
+                 f"{t['rejected']}" + ("" if t["balanced"] else "  (UNBALANCED: see logs/)"))
+    return "\n".join(lines)
+
+
+def plot_stats(stats: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = stats["steps"]
+    names = [row["step"] for row in rows]
+    fig, (counts_ax, time_ax) = plt.subplots(1, 2, figsize=(11, 0.5 * len(rows) + 2), sharey=True)
+    counts_ax.barh(names, [row["kept"] for row in rows], label="kept")
+    counts_ax.barh(names, [row["removed"] for row in rows], left=[row["kept"] for row in rows], label="removed")
+    counts_ax.set_xlabel("documents")
+    counts_ax.legend()
+    counts_ax.invert_yaxis()
+    time_ax.barh(names, [row["seconds"] for row in rows], color="gray")
+    time_ax.set_xlabel("seconds (summed over tasks)")
+    fig.suptitle(f"{stats.get('pipeline', '')}: kept {stats['totals']['kept']} of {stats['totals']['documents_in']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+

@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from pydoc_data.topics import topics
+
+from slmtrain.config import REPO_ROOT, ConfigError, UserError
+from slmtrain.data.pipeline import load_pipeline_config, run_pipeline
+
+PROSE = sorted((text for text in topics.values() if len(text) > 3_000), key=len)
+STUBS = sorted({getattr(str, name).__doc__.strip().splitlines()[0] for name in dir(str) if not name.startswith("_")})
+
+SMALL_PIPELINE = """
+description: test pipeline
+max_doc_chars: 200000
+steps:
+  language: {languages: [en], language_threshold: 0.3}
+  gopher_quality: {min_doc_words: 20, max_symbol_word_ratio: 0.5, max_non_alpha_words_ratio: 0.3}
+  minhash: {n_grams: 5, num_buckets: 4, hashes_per_bucket: 4}
+"""
+
+
+def read_gz(folder: Path) -> list[dict]:
+    return [orjson.loads(line) for p in sorted(folder.rglob("*.jsonl.gz")) for line in gzip.open(p).read().splitlines()]
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path) -> Path:
+    """The longest reference topics, 3 exact copies of one, one-line stubs, and 4 bad lines, over two files."""
+    src = tmp_path / "corpus"
+    src.mkdir()
+    records = [{"text": t, "id": f"doc{i}"} for i, t in enumerate(PROSE)]
+    records += [{"text": PROSE[0], "id": f"copy{i}"} for i in range(3)]
+    records += [{"text": stub, "id": f"stub{i}"} for i, stub in enumerate(STUBS)]
+    lines = [orjson.dumps(r) for r in records]
+    (src / "a.jsonl").write_bytes(b"\n".join(lines[:25] + [b"{broken", b'{"id": "x"}']) + b"\n")
+    (src / "b.jsonl").write_bytes(b"\n".join(lines[25:] + [b'{"text": "\xc3\x28"}', b'"just a string"']) + b"\n")
+    return src
+
+
+def test_pipeline_counts_every_document_and_writes_the_layout(corpus: Path, tmp_path: Path) -> None:
+    declaration = tmp_path / "small.yaml"
+    declaration.write_text(SMALL_PIPELINE)
+    out = tmp_path / "out"
+    stats = run_pipeline(str(declaration), corpus, out, workers=2)
+    totals = stats["totals"]
+    assert totals["documents_in"] == len(PROSE) + 3 + len(STUBS) + 4
+    assert totals["rejected"] == 4 and totals["balanced"]
+    assert totals["documents_in"] == totals["kept"] + totals["removed"] + totals["rejected"]
+    rows = {row["step"]: row for row in stats["steps"]}
+    assert rows["minhash"]["removed"] == 3  # the three copies of doc0
+    removed_stubs = {r["id"] for step in ("language", "gopher_quality") for r in read_gz(out / "removed" / step)}
+    assert {f"stub{i}" for i in range(len(STUBS))} <= removed_stubs  # too short to be sure of, or to keep
+    assert rows["gopher_quality"]["removed_by_reason"]["gopher_short_doc"] > 0
+    kept = read_gz(out / "kept")
+    assert len(kept) == totals["kept"] and {"text", "id", "metadata"} <= set(kept[0])
+    assert len({r["text"] for r in kept}) == len(kept)
+    assert sorted(r["metadata"]["reason"] for r in read_gz(out / "rejected")) == [
+        "corrupt_json", "invalid_utf8", "missing_text", "not_an_object"]
+    assert json.loads((out / "stats.json").read_text())["totals"] == totals
+    assert (out / "stats.png").stat().st_size > 1_000
+    # a re-run skips the finished tasks and reports the same numbers
+    again = run_pipeline(str(declaration), corpus, out, workers=2)
+    assert again["totals"] == totals and again["wall_seconds"] < stats["wall_seconds"]
+
+
+def test_fasttext_step_trained_on_the_spot_and_empty_input(corpus: Path, tmp_path: Path) -> None:
+    overrides = {"steps": {"fasttext": {"type": "fasttext_quality", "model": "ft.bin", "top_fraction": 0.5,
+                                        "calibration_docs": 10,
+                                        "train": {"positives": ["{output}/work/stage_1"],
+                                                  "negatives": ["{output}/removed/gopher_quality"],
+                                                  "dim": 16, "bucket": 20_000}}}}
+    declaration = tmp_path / "small.yaml"
+    declaration.write_text(SMALL_PIPELINE)
+    stats = run_pipeline(str(declaration), corpus, tmp_path / "out", overrides=overrides)
+    rows = {row["step"]: row for row in stats["steps"]}
+    assert (tmp_path / "out" / "ft.bin").is_file() and (tmp_path / "out" / "fasttext_training.json").is_file()
+    assert rows["fasttext"]["in"] > 0 and rows["fasttext"]["removed"] > 0 and stats["totals"]["balanced"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = run_pipeline(str(declaration), empty, tmp_path / "out_empty")
+    assert nothing["totals"] == {"documents_in": 0, "kept": 0, "removed": 0, "rejected": 0, "balanced": True}
+
+
+def test_html_folder_is_extracted_and_failures_recorded(tmp_path: Path) -> None:
+    pages = tmp_path / "html"
+    pages.mkdir()
+    for i, text in enumerate(PROSE[:3]):
+        body = "".join(f"<p>{p}</p>" for p in text.split("\n\n"))
+        (pages / f"page{i}.html").write_text(f"<html><head><title>t</title></head><body><article>{body}</article>"
+                                             "</body></html>")
+    (pages / "empty.html").write_text("<html><body><script>var x = 1;</script></body></html>")
+    stats = run_pipeline("fineweb", pages, tmp_path / "out", overrides={"steps": {"minhash": {"enabled": False}}})
+    rows = {row["step"]: row for row in stats["steps"]}
+    assert rows["trafilatura"]["in"] == 4 and rows["trafilatura"]["removed"] == 1
+    assert [r["metadata"]["filter_reason"] for r in read_gz(tmp_path / "out" / "removed" / "trafilatura")] == [
+        "extraction_failed"]
+    assert stats["totals"]["balanced"]
+    assert all("<p>" not in r["text"] for r in read_gz(tmp_path / "out" / "kept"))
+
+
+def test_declarations_load_and_bad_keys_are_named() -> None:
+    for name in ("fineweb", "fineweb_edu", "dclm", "demo"):
+        assert load_pipeline_config(name).steps
+    assert "edu" in load_pipeline_config("fineweb_edu").steps and "minhash" in load_pipeline_config("fineweb_edu").steps
+    with pytest.raises(ConfigError, match="valid choices: .*demo"):
+        load_pipeline_config("nope")
+    with pytest.raises(ConfigError, match="steps.x.type.*valid choices"):
+        load_pipeline_config("demo", {"steps": {"x": {"type": "magic"}}})
+
+
+def test_unknown_step_parameter_is_an_error_naming_valid_keys(corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="steps.gopher_quality.min_words: unknown key; valid keys: .*min_doc_words"):
+        run_pipeline("demo", corpus, tmp_path / "o", overrides={"steps": {"gopher_quality": {"min_words": 3}}})
+    with pytest.raises(UserError, match="input not found"):
+        run_pipeline("fineweb", tmp_path / "missing", tmp_path / "o")
+
+
+def test_cli_reports_user_errors_in_one_line(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "launch/curate.py", "filter=nope", f"output={tmp_path}"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "unknown filter 'nope'" in result.stderr
+    result = subprocess.run([sys.executable, "launch/train_quality.py", "kind=embedding", f"out={tmp_path}/h.npz"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "needs annotations=" in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_pipeline_on_a_small_demo_source(tmp_path: Path) -> None:
+    from slmtrain.data.demo import write_demo_documents
+
+    source = write_demo_documents(tmp_path / "src", max_docs=600)
+    stats = run_pipeline("demo", source, tmp_path / "out", workers=2)
+    rows = {row["step"]: row for row in stats["steps"]}
+    assert [row["step"] for row in stats["steps"]] == [
+        "read", "language", "gopher_quality", "fineweb_quality", "minhash", "fasttext"]
+    assert all(rows[name]["removed"] > 0 for name in ("gopher_quality", "fasttext"))
+    assert stats["totals"]["balanced"] and stats["totals"]["kept"] > 100
+    training = json.loads((tmp_path / "out" / "fasttext_training.json").read_text())
+    assert training["train_examples"] > 50
