@@ -44,7 +44,9 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(vocab_size=256, n_layer=2, d_model=64, n_head=4, n_kv_head=2, ffn_hidden=128, max_seq_len=128),
     "tiny-mha": ModelConfig(vocab_size=256, n_layer=2, d_model=64, n_head=4, ffn_hidden=128, max_seq_len=128,
                             tie_embeddings=False),
-    "demo-8m": ModelConfig(vocab_size=4096, n_layer=6, d_model=256, n_head=8, n_kv_head=4, ffn_hidden=688,
+    "demo-2m": ModelConfig(vocab_size=4096, n_layer=4, d_model=192, n_head=6, n_kv_head=2, ffn_hidden=512,
+                           max_seq_len=256),
+    "demo-5m": ModelConfig(vocab_size=4096, n_layer=6, d_model=256, n_head=8, n_kv_head=4, ffn_hidden=688,
                            max_seq_len=256),
 }
 

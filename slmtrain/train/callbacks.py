@@ -24,19 +24,20 @@ GPU_PEAK_FLOPS = {
 METRIC_COLUMNS = ("step", "train_loss", "val_loss", "lr", "grad_norm", "tokens_seen", "tokens_per_s", "mfu")
 
 
-def device_peak_flops(device: torch.device) -> tuple[float, str]:
-    """Peak FLOP/s of one device and where the figure comes from (table for GPUs, a measured matmul on CPU)."""
+def device_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[float, str]:
+    """Peak FLOP/s of one device and where the figure comes from (table for GPUs, a measured matmul on CPU in the
+    dtype the matmuls run in)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, peak in GPU_PEAK_FLOPS.items():
             if key in name:
                 return peak, f"{key} bf16 data sheet"
         return float("nan"), f"unknown GPU {name!r}"
-    return measured_cpu_peak_flops(), "measured fp32 matmul"
+    return measured_cpu_peak_flops(dtype=dtype), f"measured {dtype} matmul"
 
 
-def measured_cpu_peak_flops(size: int = 512, seconds: float = 0.2) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def measured_cpu_peak_flops(size: int = 512, seconds: float = 0.2, dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b  # warm-up
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -46,22 +47,34 @@ def measured_cpu_peak_flops(size: int = 512, seconds: float = 0.2) -> float:
 
 
 class MetricsLogger(pl.Callback):
-    """One CSV row per logged optimizer step (and per validation); on resume, rows after the restored step are
-    dropped so that the file reads as if the run had never stopped."""
+    """One CSV row per logged optimizer step (and per validation), and a progress bar in optimizer steps with
+    loss, tokens/s and ETA. On resume, rows after the restored step are dropped so that the file reads as if the
+    run had never stopped."""
 
-    def __init__(self, path: Path, every_n_steps: int, tokens_per_step: int, flops_per_token: float):
+    def __init__(self, path: Path, every_n_steps: int, tokens_per_step: int, flops_per_token: float, progress: bool):
         self.path, self.every_n_steps = path, every_n_steps
         self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
+        self.progress, self.bar = progress, None
         self.peak_flops = float("nan")
         self.step_losses: list[torch.Tensor] = []
         self.step_started = 0.0
+        self.last_val_step = -1
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        peak, _ = device_peak_flops(pl_module.device)
+        dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
+        peak, _ = device_peak_flops(pl_module.device, dtype)
         self.peak_flops = peak * trainer.world_size
         if trainer.is_global_zero:
             self._truncate_after(trainer.global_step)
+            if self.progress:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=trainer.max_steps, initial=trainer.global_step, unit="step", dynamic_ncols=True)
         self.step_started = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if outputs:  # None or {} when a non-finite batch was skipped
@@ -73,6 +86,8 @@ class MetricsLogger(pl.Callback):
         tokens_per_s = self.tokens_per_step / max(now - self.step_started, 1e-9)
         self.step_started = now
         losses, self.step_losses = self.step_losses, []
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
         if step % self.every_n_steps and step != trainer.max_steps:
             return
         mfu = self.flops_per_token * tokens_per_s / self.peak_flops
@@ -90,12 +105,17 @@ class MetricsLogger(pl.Callback):
             "mfu": round(mfu, 5),
         }
         self._append(row)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{row['train_loss']:.3f}" if losses else "skipped",
+                                 tok_s=f"{tokens_per_s:,.0f}", mfu=f"{mfu:.1%}", refresh=False)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
-        if not fitting or not trainer.is_global_zero or "val_loss" not in trainer.callback_metrics:
-            return
         step = trainer.global_step
+        if trainer.sanity_checking or not trainer.is_global_zero or "val_loss" not in trainer.callback_metrics:
+            return
+        if step == self.last_val_step:  # the final validation repeats the fit's last one
+            return
+        self.last_val_step = step
         self._append({"step": step, "val_loss": float(trainer.callback_metrics["val_loss"]),
                       "tokens_seen": step * self.tokens_per_step})
 

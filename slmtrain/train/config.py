@@ -87,7 +87,7 @@ class TrainConfig:
     name: str = "demo"
     run_dir: str | None = None  # default: runs/NAME
     seed: int = 1337
-    model: dict[str, Any] = field(default_factory=lambda: {"preset": "demo-8m"})  # preset + ModelConfig overrides
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "demo-2m"})  # preset + ModelConfig overrides
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

@@ -65,7 +65,7 @@ def shape(config: ModelConfig) -> dict[str, Any]:
 
 def test_every_published_model_has_a_preset() -> None:
     assert set(PUBLISHED_PARAMS) <= set(presets.names())
-    assert {"tiny", "demo-8m"} <= set(presets.names())
+    assert {"tiny", "demo-2m", "demo-5m"} <= set(presets.names())
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED_PARAMS))

@@ -234,7 +234,7 @@ def test_out_of_range_token_ids_are_a_clear_error() -> None:
 @pytest.mark.parametrize(("init_std", "scaled"), [(0.02, True), (0.05, False)])
 def test_init_follows_the_config(init_std: float, scaled: bool) -> None:
     torch.manual_seed(10)
-    config = presets.get("demo-8m", n_layer=4, init_std=init_std, scaled_residual_init=scaled, qkv_bias=True)
+    config = presets.get("demo-5m", n_layer=4, init_std=init_std, scaled_residual_init=scaled, qkv_bias=True)
     model = Transformer(config)
     residual_std = init_std / (2 * config.n_layer) ** 0.5 if scaled else init_std
     for name, param in model.named_parameters():

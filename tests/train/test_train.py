@@ -36,6 +36,7 @@ def test_loss_decreases_validation_runs_and_export_loads(shards, tmp_path):
     first, last = [float(losses[s]) for s in (1, 2, 3)], [float(losses[s]) for s in (22, 23, 24)]
     assert sum(last) / 3 < sum(first) / 3 - 0.5
     assert math.isfinite(result["val_loss"]) and result["val_loss"] < math.log(512)
+    assert 0 < result["val_unigram_entropy"] < math.log(512)
     val_rows = [r for r in read_metrics(tmp_path / "run" / "metrics.csv") if r["val_loss"]]
     assert [int(r["step"]) for r in val_rows] == [8, 16, 24]
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "hf")

