@@ -115,6 +115,11 @@ PUBLISHED: dict[str, ScalingLaw] = {
         name="chinchilla_unrounded",
         source="Hoffmann et al. 2022 TeX source, as reported by Besiroglu et al. 2024 (arXiv:2404.10102v2)",
     ),
+    # Sardana et al. 2024 (App. A) use Hoffmann's E, A, B with alpha, beta as re-derived by De Vries.
+    "sardana": ScalingLaw(
+        E=1.69, A=406.4, B=410.7, alpha=0.336, beta=0.283, name="sardana",
+        source="Sardana et al. 2024, 'Beyond Chinchilla-Optimal', App. A (Chinchilla's A, B, E; alpha 0.336, beta 0.283)",
+    ),
     "epoch": ScalingLaw(
         E=1.8172, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658, name="epoch",
         source="Besiroglu et al. 2024, 'Chinchilla Scaling: A replication attempt' (Epoch AI), eq. 3",
