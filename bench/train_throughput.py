@@ -28,7 +28,7 @@ from slmtrain.train.callbacks import read_metrics  # noqa: E402
 from slmtrain.train.config import load_recipe  # noqa: E402
 from slmtrain.train.data import PackedSamples, StreamSampler  # noqa: E402
 from slmtrain.train.module import LanguageModel  # noqa: E402
-from slmtrain.train.run import train  # noqa: E402
+from slmtrain.train.run import resolve_precision, train  # noqa: E402
 
 WARMUP_STEPS = 5
 
@@ -50,7 +50,7 @@ def lightning_tokens_per_s(config, run_dir: Path) -> float:
 
 
 def bare_tokens_per_s(config, steps: int) -> float:
-    """The same LanguageModel (loss, optimizer groups, schedule) driven by hand, no Trainer."""
+    """The same LanguageModel (loss, optimizer groups, schedule, precision) driven by hand, no Trainer."""
     torch.manual_seed(config.seed)
     mc = config.model_config
     module = LanguageModel(config, mc, total_steps=steps, eos_id=0)
@@ -61,11 +61,14 @@ def bare_tokens_per_s(config, steps: int) -> float:
     accumulate = config.batch.tokens // (micro * config.data.seq_len)
     loader = DataLoader(dataset, batch_size=micro, sampler=StreamSampler(len(dataset), config.seed, 0, steps * micro * accumulate))
     batches = iter(loader)
+    bf16 = resolve_precision(config.precision, "cpu").startswith("bf16")
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         for _ in range(accumulate):
-            (module.loss(next(batches)) / accumulate).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = module.loss(next(batches)) / accumulate
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), config.optim.grad_clip)
         optimizer.step()
         scheduler.step()
@@ -97,6 +100,7 @@ def main() -> None:
             print(f"round {round_index}: lightning {results['lightning'][-1]:,.0f} tok/s, "
                   f"bare {results['bare'][-1]:,.0f} tok/s", flush=True)
     lightning, bare = statistics.median(results["lightning"]), statistics.median(results["bare"])
+    print(f"\nprecision {resolve_precision('auto', 'cpu')}")
     print(f"\n| loop | tokens/s |\n|---|---|\n| bare PyTorch | {bare:,.0f} |\n| slmtrain (Lightning) | {lightning:,.0f} |")
     print(f"ratio lightning/bare = {lightning / bare:.3f}  (overhead {100 * (1 - lightning / bare):+.1f}%)")
 

@@ -147,7 +147,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
     trainer_args = {
         "max_steps": steps,
         "max_epochs": -1,
-        "precision": _precision(config.precision, str(config.trainer.get("accelerator", "auto"))),
+        "precision": resolve_precision(config.precision, str(config.trainer.get("accelerator", "auto"))),
         "accumulate_grad_batches": accumulate,
         "val_check_interval": config.val_every_n_steps * accumulate,
         "check_val_every_n_epoch": None,
@@ -216,7 +216,7 @@ def _finish(config: TrainConfig, module, meta: dict[str, Any], run_dir: Path, re
     (run_dir / "result.json").write_text(json.dumps(result, indent=2))
 
 
-def _precision(setting: str, accelerator: str) -> str:
+def resolve_precision(setting: str, accelerator: str) -> str:
     """``auto``: bf16 autocast where the hardware computes bf16 natively (recent GPUs; CPUs with AVX512-BF16 or
     AMX, where it is ~1.8x faster for small models), else fp32."""
     if setting != "auto":
