@@ -3,6 +3,7 @@ plus ``key.sub=value`` command-line overrides, validated at load time."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -140,3 +141,38 @@ def load_recipe(name: str | None = None, overrides: dict[str, Any] | None = None
     data = merge(data, overrides or {})
     data.setdefault("name", Path(name or "demo").stem)
     return build(TrainConfig, data)
+
+
+def expand_grid(overrides: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``grid.KEY=[a,b] grid.OTHER=[x,y]`` -> one (name, overrides) per combination (the cartesian product), each
+    with ``run_dir`` under the base run directory; without ``grid`` the overrides come back alone."""
+    overrides = dict(overrides)
+    grid = overrides.pop("grid", None)
+    if grid is None:
+        return [("", overrides)]
+    axes = _flatten(grid)
+    for key, values in axes.items():
+        require(isinstance(values, list) and len(values) > 0, f"grid.{key}", "must be a non-empty list, e.g. [1e-3,3e-3]")
+    runs = []
+    for combination in itertools.product(*axes.values()):
+        name = ",".join(f"{key}={value}" for key, value in zip(axes, combination))
+        delta: dict[str, Any] = {}
+        for key, value in zip(axes, combination):
+            node = delta
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        runs.append((name, merge(overrides, delta)))
+    return runs
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat

@@ -169,3 +169,19 @@ def test_ddp_two_processes_see_each_sample_once(shards, tmp_path):
     order = epoch_order(len(dataset), 1337, 0)[:64]
     expected = {hashlib.sha1(dataset[int(i)].numpy().tobytes()).hexdigest() for i in order}
     assert set(seen[0] + seen[1]) == expected
+
+
+def test_grid_expands_to_one_run_per_combination():
+    from slmtrain.train.config import expand_grid
+
+    runs = expand_grid({"optim": {"lr": 1e-3}, "grid": {"optim": {"weight_decay": [0.0, 0.1]}, "model": {"n_layer": [2, 4, 6]}}})
+    assert len(runs) == 6
+    assert runs[0] == ("optim.weight_decay=0.0,model.n_layer=2", {"optim": {"lr": 1e-3, "weight_decay": 0.0}, "model": {"n_layer": 2}})
+    assert expand_grid({"seed": 1}) == [("", {"seed": 1})]
+    with pytest.raises(ConfigError, match="grid.seed: must be a non-empty list"):
+        expand_grid({"grid": {"seed": 3}})
+    out = subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), "run_dir=runs/g", "grid.model.n_layer=[2,4]",
+                          "dry_run=json"], capture_output=True, text=True, cwd=REPO, check=True).stdout.splitlines()
+    plans = [json.loads(line) for line in out]
+    assert [p["name"] for p in plans] == ["model.n_layer=2", "model.n_layer=4"]
+    assert plans[0]["params"] < plans[1]["params"]
