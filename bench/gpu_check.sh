@@ -34,4 +34,24 @@ print("kv-cache max |diff|:", (inc - ref(x)).abs().max().item(), "| flash-attn i
 PY
   # 2. Throughput and MFU of a ~1B model, seq 2048, bf16, compile on/off, SDPA vs flash-attn.
   timeout 420 python3 bench/gpu_bench.py preset=llama3.2-1b vocab_size=32000 seq_len=2048 micro_batch=8 steps=12
+  # 3. The Lightning path on the GPU: FSDP, bf16-mixed, compile, 30 steps of a 2-layer model on pydoc shards.
+  timeout 240 python3 - <<'PY'
+import json, sys, tempfile, pydoc_data.topics
+from pathlib import Path
+sys.path[0] = "."
+from slmtrain.data.shards import prepare_shards
+from slmtrain.train.config import load_recipe
+from slmtrain.train.run import train
+root = Path(tempfile.mkdtemp())
+(root / "raw").mkdir()
+with (root / "raw" / "docs.jsonl").open("w") as f:
+    for i, text in enumerate(pydoc_data.topics.topics.values()):
+        f.write(json.dumps({"id": str(i), "text": text}) + "\n")
+(root / "tok.yaml").write_text("kind: bpe\nvocab_size: 4096\n")
+prepare_shards(root / "tok.yaml", root / "raw", root / "shards", tokenizer_dir=root / "tok", val_fraction=0.05)
+config = load_recipe("demo", {"run_dir": str(root / "run"), "strategy": "fsdp", "compile": True,
+    "data": {"shards": str(root / "shards"), "build": "none"}, "budget": {"tokens": 30 * 8192},
+    "trainer": {"accelerator": "gpu", "devices": 1, "enable_progress_bar": False}, "log_every_n_steps": 10})
+print("lightning fsdp:", train(config))
+PY
 } 2>&1 | tee "$log"

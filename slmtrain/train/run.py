@@ -119,6 +119,9 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
         raise UserError(f"ckpt=last: no checkpoint at {ckpt_path} to resume from")
     if not resume and ckpt_path.is_file():
         raise UserError(f"{run_dir} already holds a run: resume it with ckpt=last, or choose another run_dir=")
+    accelerator = str(config.trainer.get("accelerator", "auto"))
+    if config.strategy == "fsdp" and (accelerator == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError("strategy", "fsdp needs GPUs (Lightning's FSDP does not run on CPU); valid choices on CPU: auto, ddp")
     ensure_shards(config.data)
     model_config = config.model_config
     world = world_size(config.trainer)
@@ -147,7 +150,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
     trainer_args = {
         "max_steps": steps,
         "max_epochs": -1,
-        "precision": resolve_precision(config.precision, str(config.trainer.get("accelerator", "auto"))),
+        "precision": resolve_precision(config.precision, accelerator),
         "accumulate_grad_batches": accumulate,
         "val_check_interval": config.val_every_n_steps * accumulate,
         "check_val_every_n_epoch": None,

@@ -185,3 +185,19 @@ def test_grid_expands_to_one_run_per_combination():
     plans = [json.loads(line) for line in out]
     assert [p["name"] for p in plans] == ["model.n_layer=2", "model.n_layer=4"]
     assert plans[0]["params"] < plans[1]["params"]
+
+
+def test_tensorboard_and_offline_wandb_loggers_write_runs(shards, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = tiny_recipe(shards, tmp_path / "run", loggers=["csv", "tensorboard", "wandb"], budget__tokens=512 * 4,
+                         export_hf=False, samples=0)
+    train(config)
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_fsdp_on_cpu_is_a_clear_error(shards, tmp_path):
+    config = tiny_recipe(shards, tmp_path / "run", strategy="fsdp", trainer={"accelerator": "cpu"})
+    with pytest.raises(ConfigError, match="strategy: fsdp needs GPUs"):
+        train(config)
