@@ -59,7 +59,7 @@ def bare_tokens_per_s(config, steps: int) -> float:
     dataset = PackedSamples(open_split(config.data.shards, "train"), config.data.seq_len)
     micro = config.batch.micro_batch
     accumulate = config.batch.tokens // (micro * config.data.seq_len)
-    loader = DataLoader(dataset, batch_size=micro, sampler=StreamSampler(len(dataset), config.seed, 0, steps * micro * accumulate))
+    loader = DataLoader(dataset, batch_size=micro, sampler=StreamSampler(len(dataset), config.seed, 0))
     batches = iter(loader)
     bf16 = resolve_precision(config.precision, "cpu").startswith("bf16")
     times = []

@@ -62,7 +62,7 @@ def hf_config(config: ModelConfig, bos_id: int | None = None, eos_id: int | None
             "original_max_position_embeddings": config.rope_scaling.original_max_seq_len,
         }
     kwargs: dict[str, Any] = dict(
-        vocab_size=config.padded_vocab_size,
+        vocab_size=config.vocab_size,  # padded rows are never trained: the export drops them
         hidden_size=config.d_model,
         intermediate_size=config.ffn_dim,
         num_hidden_layers=config.n_layer,
@@ -93,9 +93,10 @@ def to_hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     c = model.config
     sd = model.state_dict()
     q_size, kv_size = c.n_head * c.head_dim_, c.kv_heads * c.head_dim_
-    out: dict[str, torch.Tensor] = {"model.embed_tokens.weight": sd["embed.weight"], "model.norm.weight": sd["norm.weight"]}
+    vocab = c.vocab_size  # rows past the vocabulary are padding, never trained: not exported
+    out: dict[str, torch.Tensor] = {"model.embed_tokens.weight": sd["embed.weight"][:vocab], "model.norm.weight": sd["norm.weight"]}
     if not c.tie_embeddings:
-        out["lm_head.weight"] = sd["lm_head.weight"]
+        out["lm_head.weight"] = sd["lm_head.weight"][:vocab]
     for i in range(c.n_layer):
         src, dst = f"blocks.{i}.", f"model.layers.{i}."
         for suffix in ("weight", "bias") if c.qkv_bias else ("weight",):

@@ -58,6 +58,7 @@ class MetricsLogger(pl.Callback):
         self.peak_flops = float("nan")
         self.step_losses: list[torch.Tensor] = []
         self.step_started = 0.0
+        self.step_lr = float("nan")
         self.last_val_step = -1
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -75,6 +76,10 @@ class MetricsLogger(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.bar is not None:
             self.bar.close()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx % trainer.accumulate_grad_batches == 0:  # the lr this step trains at (the scheduler moves on
+            self.step_lr = trainer.optimizers[0].param_groups[0]["lr"]  # before on_train_batch_end)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if outputs:  # None or {} when a non-finite batch was skipped
@@ -98,7 +103,7 @@ class MetricsLogger(pl.Callback):
         row = {
             "step": step,
             "train_loss": float(torch.stack(losses).mean()) if losses else "",  # empty: the step's batch was skipped
-            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "lr": self.step_lr,
             "grad_norm": float(metrics["grad_norm"]) if "grad_norm" in metrics else "",
             "tokens_seen": step * self.tokens_per_step,
             "tokens_per_s": round(tokens_per_s, 1),
@@ -116,6 +121,7 @@ class MetricsLogger(pl.Callback):
         if step == self.last_val_step:  # the final validation repeats the fit's last one
             return
         self.last_val_step = step
+        self.step_started = time.perf_counter()  # the next step's tokens/s should not include validation
         self._append({"step": step, "val_loss": float(trainer.callback_metrics["val_loss"]),
                       "tokens_seen": step * self.tokens_per_step})
 

@@ -101,7 +101,8 @@ class TrainConfig:
     log_every_n_steps: int = 10
     val_every_n_steps: int = 100
     ckpt_every_n_steps: int = 100
-    nan_policy: Literal["stop", "skip"] = "stop"
+    nan_policy: Literal["stop", "skip"] = "stop"  # skip: a non-finite micro-batch adds no gradient (with
+    # accumulation the step then averages over the other micro-batches, scaled by (accumulate - 1) / accumulate)
     max_nan_skips: int = 10
     loggers: list[str] = field(default_factory=lambda: ["csv"])  # csv always; add tensorboard, wandb
     wandb_project: str = "slmtrain"

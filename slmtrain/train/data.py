@@ -36,19 +36,17 @@ class PackedSamples(Dataset):
 
 
 class StreamSampler(Sampler[int]):
-    """Indices of the global sample stream from ``start`` on, for one rank, ``length`` of them."""
+    """Indices of the global sample stream from ``start`` on, for one rank. Endless: the trainer's max_steps ends
+    the run, so no loader length exists for Lightning to combine with its restored batch counters."""
 
-    def __init__(self, num_samples: int, seed: int, start: int, length: int, rank: int = 0, world: int = 1):
-        self.num_samples, self.seed, self.start, self.length = num_samples, seed, start, length
+    def __init__(self, num_samples: int, seed: int, start: int, rank: int = 0, world: int = 1):
+        self.num_samples, self.seed, self.start = num_samples, seed, start
         self.rank, self.world = rank, world
-
-    def __len__(self) -> int:
-        return self.length
 
     def __iter__(self) -> Iterator[int]:
         position = self.start + self.rank  # global stream position of this rank's next sample
         epoch, order = -1, np.empty(0, dtype=np.int64)
-        for _ in range(self.length):
+        while True:
             if position // self.num_samples != epoch:
                 epoch = position // self.num_samples
                 order = epoch_order(self.num_samples, self.seed, epoch)
@@ -69,10 +67,9 @@ def document_ids(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
 class ShardsDataModule(pl.LightningDataModule):
     """Train/val loaders over ``train`` and ``val`` splits; the train stream starts where the restored step says."""
 
-    def __init__(self, config: DataConfig, micro_batch: int, accumulate: int, seed: int, total_steps: int):
+    def __init__(self, config: DataConfig, micro_batch: int, accumulate: int, seed: int):
         super().__init__()
-        self.config, self.micro_batch, self.accumulate = config, micro_batch, accumulate
-        self.seed, self.total_steps = seed, total_steps
+        self.config, self.micro_batch, self.accumulate, self.seed = config, micro_batch, accumulate, seed
         self.meta = load_meta(config.shards)
         self.train_split: TokenSplit | None = None
         self.val_split: TokenSplit | None = None
@@ -96,12 +93,8 @@ class ShardsDataModule(pl.LightningDataModule):
         rank = trainer.global_rank if trainer else 0
         step = trainer.global_step if trainer else 0
         samples_per_step = self.micro_batch * self.accumulate * world
-        remaining_steps = max(0, self.total_steps - step)
         dataset = PackedSamples(self.train_split, self.config.seq_len)
-        sampler = StreamSampler(
-            len(dataset), self.seed, start=step * samples_per_step,
-            length=remaining_steps * self.micro_batch * self.accumulate, rank=rank, world=world,
-        )
+        sampler = StreamSampler(len(dataset), self.seed, start=step * samples_per_step, rank=rank, world=world)
         return self._loader(dataset, sampler)
 
     def val_dataloader(self) -> DataLoader | list:

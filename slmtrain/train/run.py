@@ -136,7 +136,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
     module = LanguageModel(config, model_config, total_steps=steps, eos_id=int(datamodule_meta["eos_id"]))
     if config.compile:
         compile_blocks(module.model)
-    datamodule = ShardsDataModule(config.data, config.batch.micro_batch, accumulate, config.seed, steps)
+    datamodule = ShardsDataModule(config.data, config.batch.micro_batch, accumulate, config.seed)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "plan.json").write_text(json.dumps(the_plan, indent=2))
@@ -163,7 +163,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
         "enable_progress_bar": False,  # MetricsLogger's bar counts optimizer steps, with tokens/s and ETA
     }
     trainer = pl.Trainer(
-        default_root_dir=run_dir, logger=loggers, callbacks=[metrics, checkpoints, *(callbacks or [])],
+        default_root_dir=run_dir, logger=loggers or False, callbacks=[metrics, checkpoints, *(callbacks or [])],
         strategy=lightning_strategy(config.strategy), plugins=[AtomicCheckpointIO()], **trainer_args,
     )
     try:
@@ -232,9 +232,9 @@ def resolve_precision(setting: str, accelerator: str) -> str:
 
 
 def _loggers(config: TrainConfig, run_dir: Path) -> list:
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
-    loggers: list = [CSVLogger(run_dir, name="lightning_logs", version="")]
+    loggers: list = []  # "csv" is MetricsLogger's RUN_DIR/metrics.csv, always written
     if "tensorboard" in config.loggers:
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=""))
     if "wandb" in config.loggers:

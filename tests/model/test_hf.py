@@ -227,3 +227,22 @@ def test_config_json_defaults_follow_transformers() -> None:
         assert ours.tie_embeddings == theirs.tie_word_embeddings, model_type
         assert ours.norm_eps == theirs.rms_norm_eps, model_type
         assert ours.rope_theta == theirs.rope_parameters["rope_theta"], model_type
+
+
+def test_export_drops_vocabulary_padding_rows(tmp_path):
+    """Padded embedding rows are never trained: an export that kept them would give them probability in HF."""
+    import torch
+
+    from slmtrain.model import presets
+    from slmtrain.model.hf import export_hf, load_hf
+    from slmtrain.model.transformer import Transformer
+
+    model = Transformer(presets.get("tiny", vocab_size=250, vocab_multiple_of=64)).eval()
+    export_hf(model, tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, 250, (1, 16))
+    with torch.no_grad():
+        ours, theirs = model(ids), hf(ids).logits
+    assert theirs.shape[-1] == 250
+    assert (ours - theirs).abs().max() < 1e-4
+    assert load_hf(tmp_path).config.vocab_size == 250

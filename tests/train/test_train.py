@@ -57,20 +57,26 @@ def _launch(shards: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
 
 
-def test_sigkill_then_resume_logs_identical_losses(shards, tmp_path):
-    reference = _launch(shards, tmp_path / "reference")
+@pytest.fixture(scope="module")
+def uninterrupted_losses(shards, tmp_path_factory) -> dict[int, str]:
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    reference = _launch(shards, run_dir)
     out, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, out
-    expected = train_losses(tmp_path / "reference")
-    assert sorted(expected) == list(range(1, 17))
+    losses = train_losses(run_dir)
+    assert sorted(losses) == list(range(1, 17))
+    return losses
 
+
+@pytest.mark.parametrize("kill_after", [6, 10])  # resume from step 4 (early in the run) and from step 8
+def test_sigkill_then_resume_logs_identical_losses(shards, tmp_path, uninterrupted_losses, kill_after):
     killed_dir = tmp_path / "killed"
     victim = _launch(shards, killed_dir)
     deadline = time.time() + 300
-    while time.time() < deadline:  # kill between the step-8 checkpoint and the end
-        if (killed_dir / "metrics.csv").is_file() and max(train_losses(killed_dir), default=0) >= 10:
+    while time.time() < deadline:  # kill after a checkpoint, before the end
+        if (killed_dir / "metrics.csv").is_file() and max(train_losses(killed_dir), default=0) >= kill_after:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert victim.returncode == -signal.SIGKILL
@@ -79,7 +85,9 @@ def test_sigkill_then_resume_logs_identical_losses(shards, tmp_path):
     resumed = _launch(shards, killed_dir, "ckpt=last")
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
-    assert train_losses(killed_dir) == expected
+    assert train_losses(killed_dir) == uninterrupted_losses
+    lrs = [float(r["lr"]) for r in read_metrics(killed_dir / "metrics.csv") if r["lr"]]
+    assert lrs[0] == pytest.approx(1e-2 / 2)  # warmup: step 1 trains at (0 + 1) / 2 of the peak
 
 
 def test_resume_without_checkpoint_and_overwrite_are_clear_errors(shards, tmp_path):
