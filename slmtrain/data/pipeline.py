@@ -16,6 +16,8 @@ Output layout (the tokenizer and the trainer rely on it)::
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import inspect
 import json
 import time
@@ -136,6 +138,7 @@ def run_pipeline(name_or_path: str, input: str | Path | None, output: Path, over
     started = time.perf_counter()
     source = _resolve_input(config, input, output)
     stages = build_stages(config, source, output, workers)
+    _check_same_run(output, config, source, stages)
     if executor != "local":
         _submit_cluster(stages, executor, output, workers)
         return {"pipeline": name_or_path, "output": str(output), "submitted": executor}
@@ -150,6 +153,28 @@ def run_pipeline(name_or_path: str, input: str | Path | None, output: Path, over
     (output / "stats.json").write_text(json.dumps(stats, indent=2))
     plot_stats(stats, output / "stats.png")
     return stats
+
+
+def _check_same_run(output: Path, config: PipelineConfig, source: str, stages: list[Stage]) -> None:
+    """Resuming skips tasks by rank: that is only right for the same configuration, input and task split. The first
+    run records them in OUTPUT/run_plan.json; a different re-run into the same OUTPUT is refused."""
+    files = [] if source.startswith("hf://") else sorted(
+        (str(p.relative_to(source)) if Path(source).is_dir() else p.name, p.stat().st_size)
+        for p in ([Path(source)] if Path(source).is_file() else Path(source).rglob("*")) if p.is_file())
+    listing = hashlib.sha256(json.dumps(files).encode()).hexdigest()
+    plan = {"config": dataclasses.asdict(config), "input": source, "input_files": f"{len(files)} files, sha256 {listing}",
+            "tasks": {stage.name: stage.tasks for stage in stages}}
+    plan = json.loads(json.dumps(plan))  # tuples -> lists, as read back
+    plan_file = output / "run_plan.json"
+    if plan_file.is_file():
+        previous = json.loads(plan_file.read_text())
+        changed = [key for key in plan if previous.get(key) != plan[key]]
+        if changed:
+            raise UserError(f"{output} holds a run with a different {', '.join(changed)} (tasks follow workers=); "
+                            "re-run with the same settings to resume, or choose a new output=")
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    plan_file.write_text(json.dumps(plan, indent=1))
 
 
 def _resolve_input(config: PipelineConfig, input: str | Path | None, output: Path) -> str:
@@ -193,9 +218,13 @@ def build_stages(config: PipelineConfig, source: str, output: Path, workers: int
             reread = RecordingJsonlReader(str(output / "work" / f"stage_{k}"), max_doc_chars=config.max_doc_chars)
             current = Stage(f"filter_{k + 1}", [reread, dedup], {1: name}, tasks)
             continue
-        if step_type == "fasttext_quality" and "train" in params:
+        trained_here = step_type == "fasttext_quality" and "train" in params
+        if trained_here:
             current.before.append(_fasttext_trainer(name, params.pop("train"), params, output))
         step = _make_step(name, step_type, params, output)
+        if step_type == "fasttext_quality" and not trained_here and not step.model_path.is_file():
+            raise UserError(f"steps.{name}: fastText quality model not found: {step.model_path} (train it first with "
+                            "launch/train_quality.py kind=fasttext, or set steps.{name}.model=PATH)")
         current.rows[len(current.pipeline)] = name
         current.pipeline.append(step)
     current.pipeline.append(JsonlWriter(str(output / "kept")))
@@ -209,10 +238,14 @@ def _input_format(config: PipelineConfig, source: str) -> str:
         return "hf"
     path = Path(source)
     names = [path.name] if path.is_file() else [p.name for p in path.rglob("*") if p.is_file()]
-    for input_format, suffixes in INPUT_SUFFIXES.items():
-        if any(n.endswith(suffixes) for n in names):
-            return input_format
-    return "jsonl"  # an empty folder: read nothing, report zero documents
+    found = [fmt for fmt, suffixes in INPUT_SUFFIXES.items() if any(n.endswith(suffixes) for n in names)]
+    if len(found) > 1:
+        raise UserError(f"{source} mixes input formats ({', '.join(found)}): give one folder per format, "
+                        "or set input_format=")
+    if not found and names:
+        raise UserError(f"{source}: no input files of a known format "
+                        f"({', '.join(s for suffixes in INPUT_SUFFIXES.values() for s in suffixes)})")
+    return found[0] if found else "jsonl"  # an empty folder: read nothing, report zero documents
 
 
 def _reader(config: PipelineConfig, input_format: str, source: str, output: Path) -> tuple[PipelineStep, int]:

@@ -53,6 +53,17 @@ def test_bad_lines_are_rejected_with_reason_and_the_rest_is_read(tmp_path: Path)
     assert reader.stats["rejected"].total == 7
 
 
+def test_a_malformed_record_costs_only_itself(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    lines = [{"text": "first doc", "id": "a"}, {"text": "bad media", "id": "b", "media": "oops"},
+             {"text": "third doc", "id": "c"}]
+    (src / "a.jsonl").write_bytes(b"\n".join(orjson.dumps(r) for r in lines) + b"\n")
+    reader = RecordingJsonlReader(str(src), JsonlWriter(str(tmp_path / "rejected")), max_doc_chars=1_000)
+    assert [d.id for d in reader.run()] == ["a", "c"]
+    assert [r["metadata"]["reason"] for r in read_jsonl_gz(tmp_path / "rejected")] == ["bad_record"]
+
+
 def test_giant_line_is_skipped_without_reading_it_whole(tmp_path: Path) -> None:
     (tmp_path / "g.jsonl").write_bytes(b'{"text": "' + b"y" * 3_000_000 + b'"}\n{"text": "after"}\n')
     reader = RecordingJsonlReader(str(tmp_path), None, max_doc_chars=100)
@@ -105,10 +116,12 @@ def test_fasttext_classifier_separates_prose_from_junk(fasttext_model: tuple[Pat
     assert metrics["precision"] > 0.9 and metrics["recall"] > 0.9
     assert metrics["held_out_examples"] > 50 and model.stat().st_size == metrics["model_bytes"]
     keep = FastTextQualityFilter(model, threshold=0.5)
-    keep.run(iter([]))  # a fixed threshold needs no calibration
     rng = random.Random(1)
     assert keep.filter(Document(text=PROSE[-1], id="p")) is True
     assert keep.filter(Document(text=junk(rng), id="j")) == (False, "low_fasttext_quality")
+    # A score already in the input's metadata (a re-curated corpus, another model) is never trusted.
+    forged = Document(text=junk(rng), id="f", metadata={"fasttext_quality": 0.99})
+    assert keep.filter(forged) == (False, "low_fasttext_quality") and forged.metadata["fasttext_quality"] < 0.5
 
 
 def test_fasttext_top_fraction_keeps_about_that_fraction(fasttext_model: tuple[Path, dict]) -> None:

@@ -145,3 +145,34 @@ def test_demo_pipeline_on_a_small_demo_source(tmp_path: Path) -> None:
     assert stats["totals"]["balanced"] and stats["totals"]["kept"] > 100
     training = json.loads((tmp_path / "out" / "fasttext_training.json").read_text())
     assert training["train_examples"] > 50
+
+
+def test_rerun_with_other_settings_into_the_same_output_is_refused(corpus: Path, tmp_path: Path) -> None:
+    declaration = tmp_path / "small.yaml"
+    declaration.write_text(SMALL_PIPELINE)
+    out = tmp_path / "out"
+    for i in range(4):  # 6 input files: 4 tasks with workers=1, 6 with workers=2
+        (corpus / f"more{i}.jsonl").write_text(json.dumps({"text": PROSE[i], "id": f"more{i}"}) + "\n")
+    first = run_pipeline(str(declaration), corpus, out, workers=1)
+    assert run_pipeline(str(declaration), corpus, out, workers=1)["totals"] == first["totals"]  # resumes
+    with pytest.raises(UserError, match="different tasks"):
+        run_pipeline(str(declaration), corpus, out, workers=2)
+    with pytest.raises(UserError, match="different config"):
+        run_pipeline(str(declaration), corpus, out, workers=1, overrides={"steps": {"gopher_quality": {"enabled": False}}})
+
+
+def test_mixed_or_unknown_input_formats_are_clear_errors(corpus: Path, tmp_path: Path) -> None:
+    (corpus / "extra.parquet").write_bytes(b"PAR1")
+    with pytest.raises(UserError, match="mixes input formats"):
+        run_pipeline("demo", corpus, tmp_path / "out")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("plain text")
+    with pytest.raises(UserError, match="no input files of a known format"):
+        run_pipeline("demo", notes, tmp_path / "out2")
+
+
+def test_missing_quality_model_fails_before_any_stage_runs(corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="fastText quality model not found"):
+        run_pipeline("dclm", corpus, tmp_path / "out", overrides={"steps": {"fasttext": {"model": str(tmp_path / "none.bin")}}})
+    assert not (tmp_path / "out" / "logs").exists()

@@ -169,6 +169,7 @@ class FastTextQualityFilter(BaseFilter):
         self.top_fraction = top_fraction
         self.calibration_docs = calibration_docs
         self._threshold = threshold  # per task: fixed, or calibrated at the start of run()
+        self._calibration_scores: dict[int, float] = {}
         self._model = None
 
     @property
@@ -183,11 +184,13 @@ class FastTextQualityFilter(BaseFilter):
         return self._model
 
     def score(self, doc: Document) -> float:
-        if "fasttext_quality" not in doc.metadata:
+        """This model's score (never one found in the input's metadata); calibration's scores are reused once."""
+        cached = self._calibration_scores.pop(id(doc), None)
+        if cached is None:
             labels, probabilities = self.model.predict(fasttext_text(doc.text), k=2)
-            scores = dict(zip(labels, probabilities.tolist()))
-            doc.metadata["fasttext_quality"] = round(scores.get(POSITIVE, 0.0), 5)
-        return doc.metadata["fasttext_quality"]
+            cached = round(dict(zip(labels, probabilities.tolist())).get(POSITIVE, 0.0), 5)
+        doc.metadata["fasttext_quality"] = cached
+        return cached
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         return self.score(doc) >= self._threshold or (False, "low_fasttext_quality")
@@ -202,6 +205,7 @@ class FastTextQualityFilter(BaseFilter):
                 if len(calibration) >= self.calibration_docs:
                     break
             scores = [self.score(doc) for doc in calibration]
+            self._calibration_scores = {id(doc): score for doc, score in zip(calibration, scores)}
             self._threshold = float(np.quantile(scores, 1 - self.top_fraction)) if scores else 1.0
             self.stat_update("calibrated_threshold_x1000", value=int(self._threshold * 1000))
         yield from super().run(itertools.chain(calibration, data), rank, world_size)

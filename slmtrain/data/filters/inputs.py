@@ -74,7 +74,10 @@ class RejectingReader(BaseDiskReader):
         elif len(text) > self.max_doc_chars:
             self.reject("giant_document", filepath, where, text)
         else:
-            return self.get_document_from_dict(record, filepath, where)
+            try:
+                return self.get_document_from_dict(record, filepath, where)
+            except Exception as error:  # noqa: BLE001 - e.g. a malformed "media" field: this record only
+                self.reject("bad_record", filepath, where, f"{type(error).__name__}: {error}")
         return None
 
 
