@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from slmtrain.config import ConfigError, UserError, require
-from slmtrain.tokenizer import MODEL_FILE, TOKENIZERS_DIR, Tokenizer, load_spec, train_tokenizer
+from slmtrain.config import ConfigError, UserError, require, to_dict
+from slmtrain.tokenizer import MODEL_FILE, SPEC_FILE, TOKENIZERS_DIR, Tokenizer, load_spec, train_tokenizer
 
 SPLITS = ("train", "val")
 INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -319,6 +319,12 @@ def prepare_shards(tokenizer: str | Path, input: str | Path, output: str | Path,
     if trained:
         spec = load_spec(tokenizer)
         train_tokenizer(spec, iter_corpus(files), folder)
+    elif folder != trained_folder and (folder / SPEC_FILE).is_file():
+        # A tokenizer trained from an earlier version of the spec would silently disagree with the spec's file.
+        saved = json.loads((folder / SPEC_FILE).read_text())["spec"]
+        if saved != to_dict(load_spec(tokenizer)):
+            raise UserError(f"{folder} was trained from a different {Path(str(tokenizer)).stem} spec: "
+                            "pass retrain=true to train it again (shards written with the old one stay valid)")
     stats = write_shards(Tokenizer.load(folder), files, Path(output), workers, val_fraction)
     return {**stats, "tokenizer_dir": str(folder), "tokenizer_trained": trained}
 

@@ -239,15 +239,17 @@ NUMBER = re.compile(r"-?[\d,]*\.?\d+")
 
 
 def extract_number(text: str) -> str | None:
-    """The number after ``####`` if there is one, else the last number in the text; commas and a trailing ``.0``
-    removed so ``1,000`` and ``1000.0`` match ``1000``."""
+    """The number after ``####`` if there is one, else the last number in the text, canonical: commas and trailing
+    fractional zeros removed, so ``1,000``, ``1000.0`` and ``1000.00`` all read ``1000`` and ``12.50`` reads ``12.5``."""
     marked = text.split("####")[-1] if "####" in text else text
     numbers = NUMBER.findall(marked)
     if not numbers:
         return None
     number = numbers[0] if "####" in text else numbers[-1]
     number = number.replace(",", "")
-    return number[:-2] if number.endswith(".0") else number
+    if "." in number:
+        number = number.rstrip("0").rstrip(".")
+    return number
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation

@@ -179,6 +179,10 @@ def test_prepare_shards_trains_once_then_reuses(curated: Path, tmp_path: Path) -
     second = prepare_shards(output=tmp_path / "out", **common)
     assert not second["tokenizer_trained"] and second["shards_skipped"] == 3
     assert open_split(tmp_path / "out", "val").meta["val_fraction"] == 0.05
+    spec.write_text("vocab_size: 900\nsample_sentences: 5000\n")  # the spec changed since training
+    with pytest.raises(UserError, match="trained from a different tiny spec: pass retrain=true"):
+        prepare_shards(output=tmp_path / "out2", **common)
+    assert prepare_shards(output=tmp_path / "out2", retrain=True, **common)["tokenizer_trained"]
 
 
 def test_launch_script(curated: Path, tmp_path: Path) -> None:

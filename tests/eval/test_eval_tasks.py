@@ -100,6 +100,8 @@ def test_extract_number():
     assert extract_number("so 100 * 12 = 1,200 dollars.\n#### 1,200") == "1200"
     assert extract_number("I think 3 then 7.") == "7"
     assert extract_number("it is 7.0") == "7"
+    assert extract_number("costs 12.50") == extract_number("#### 12.5") == "12.5"
+    assert extract_number("1000.00 total") == "1000" and extract_number("0.0") == "0"
     assert extract_number("no idea") is None
 
 
