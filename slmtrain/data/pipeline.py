@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -177,7 +178,24 @@ def _check_same_run(output: Path, config: PipelineConfig, source: str, stages: l
     plan_file.write_text(json.dumps(plan, indent=1))
 
 
+def _check_hub_reachable(source: str) -> None:
+    """hf:// input streams from the Hub: fail in one line, before any stage starts, when it cannot be reached
+    (with HF_HUB_OFFLINE=1 the local datasets cache is used instead and nothing is checked)."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        return
+    from huggingface_hub import HfApi
+
+    name = source.removeprefix("hf://")
+    try:
+        HfApi().dataset_info(name, timeout=15)
+    except Exception as error:  # noqa: BLE001 - no network, unknown dataset, no access: all one message
+        raise UserError(f"cannot read {source} from the Hugging Face Hub ({type(error).__name__}); without network, "
+                        "download it elsewhere and pass a local path, or set HF_HUB_OFFLINE=1 to use the local cache") from None
+
+
 def _resolve_input(config: PipelineConfig, input: str | Path | None, output: Path) -> str:
+    if input is not None and str(input).startswith("hf://"):
+        _check_hub_reachable(str(input))
     if input is not None:
         if not str(input).startswith("hf://") and not Path(input).exists():
             raise UserError(f"input not found: {input}")
@@ -254,7 +272,7 @@ def _reader(config: PipelineConfig, input_format: str, source: str, output: Path
         from datatrove.pipeline.readers import HuggingFaceDatasetReader
 
         dataset = source.removeprefix("hf://")
-        return HuggingFaceDatasetReader(dataset, {"split": config.hf_split, "streaming": True},
+        return HuggingFaceDatasetReader(dataset, {"split": config.hf_split}, streaming=True,
                                         text_key=config.text_key), 1
     path = Path(source)
     folder, pattern = (str(path.parent), path.name) if path.is_file() else (source, INPUT_GLOBS[input_format])

@@ -176,3 +176,16 @@ def test_missing_quality_model_fails_before_any_stage_runs(corpus: Path, tmp_pat
     with pytest.raises(UserError, match="fastText quality model not found"):
         run_pipeline("dclm", corpus, tmp_path / "out", overrides={"steps": {"fasttext": {"model": str(tmp_path / "none.bin")}}})
     assert not (tmp_path / "out" / "logs").exists()
+
+
+def test_unreachable_hub_input_is_one_clear_error(tmp_path: Path, monkeypatch) -> None:
+    import huggingface_hub
+
+    def unreachable(self, name, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", unreachable)
+    with pytest.raises(UserError, match="cannot read hf://org/data from the Hugging Face Hub"):
+        run_pipeline("fineweb", "hf://org/data", tmp_path / "out")
