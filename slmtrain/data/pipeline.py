@@ -91,6 +91,9 @@ class PipelineConfig:
     tasks_per_worker: int = 4  # input shards per worker (more tasks, better balance, more files)
     hf_split: str = "train"
     steps: dict[str, Any] = field(default_factory=dict)
+    # executor=slurm|ray: keyword arguments of datatrove's SlurmPipelineExecutor / RayPipelineExecutor
+    # (slurm needs at least partition; e.g. cluster.partition=cpu cluster.time=12:00:00 cluster.mem_per_cpu_gb=4)
+    cluster: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.steps:
@@ -140,14 +143,17 @@ def run_pipeline(name_or_path: str, input: str | Path | None, output: Path, over
     source = _resolve_input(config, input, output)
     stages = build_stages(config, source, output, workers)
     _check_same_run(output, config, source, stages)
-    if executor != "local":
-        _submit_cluster(stages, executor, output, workers)
-        return {"pipeline": name_or_path, "output": str(output), "submitted": executor}
-    for stage in stages:
-        for prepare in stage.before:
-            prepare()
-        LocalPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=min(workers, stage.tasks),
-                              logging_dir=str(output / "logs" / stage.name)).run()
+    if executor == "local":
+        for stage in stages:
+            for prepare in stage.before:
+                prepare()
+            LocalPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=min(workers, stage.tasks),
+                                  logging_dir=str(output / "logs" / stage.name)).run()
+    else:
+        _submit_cluster(stages, executor, output, workers, config.cluster)
+    if executor == "slurm":  # submitted: the jobs outlive this process
+        return {"pipeline": name_or_path, "output": str(output), "submitted": executor,
+                "next": "when the jobs finish, re-run with executor=local and the same workers= to write the stats"}
     stats = collect_stats(stages, output)
     stats.update(pipeline=name_or_path, input=str(source), output=str(output),
                  wall_seconds=round(time.perf_counter() - started, 2))
@@ -163,7 +169,8 @@ def _check_same_run(output: Path, config: PipelineConfig, source: str, stages: l
         (str(p.relative_to(source)) if Path(source).is_dir() else p.name, p.stat().st_size)
         for p in ([Path(source)] if Path(source).is_file() else Path(source).rglob("*")) if p.is_file())
     listing = hashlib.sha256(json.dumps(files).encode()).hexdigest()
-    plan = {"config": dataclasses.asdict(config), "input": source, "input_files": f"{len(files)} files, sha256 {listing}",
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "cluster"}  # where it runs: no matter
+    plan = {"config": settings, "input": source, "input_files": f"{len(files)} files, sha256 {listing}",
             "tasks": {stage.name: stage.tasks for stage in stages}}
     plan = json.loads(json.dumps(plan))  # tuples -> lists, as read back
     plan_file = output / "run_plan.json"
@@ -360,24 +367,27 @@ def _fasttext_trainer(name: str, train: dict, params: dict, output: Path) -> Cal
     return prepare
 
 
-def _submit_cluster(stages: list[Stage], executor: str, output: Path, workers: int) -> None:
+def _submit_cluster(stages: list[Stage], executor: str, output: Path, workers: int, options: dict[str, Any]) -> None:
     """Chain the stages with ``depends`` on Slurm or Ray (each stage waits for the previous one)."""
     if any(stage.before for stage in stages):
         raise ConfigError("executor", "on-the-spot fastText training needs executor=local (or a trained model: "
                           "drop the step's train: section)")
+    if executor == "slurm" and not options.get("partition"):
+        raise ConfigError("cluster.partition", "required for executor=slurm (e.g. cluster.partition=cpu)")
     previous: PipelineExecutor | None = None
     for stage in stages:
         logging_dir = str(output / "logs" / stage.name)
         if executor == "slurm":
             from datatrove.executor import SlurmPipelineExecutor
 
-            previous = SlurmPipelineExecutor(stage.pipeline, tasks=stage.tasks, time="24:00:00", partition="",
-                                             logging_dir=logging_dir, depends=previous, workers=workers)
+            previous = SlurmPipelineExecutor(stage.pipeline, tasks=stage.tasks, logging_dir=logging_dir,
+                                             depends=previous, workers=workers,
+                                             **{"time": "24:00:00", "job_name": f"curate_{stage.name}", **options})
         else:
             from datatrove.executor import RayPipelineExecutor
 
             previous = RayPipelineExecutor(stage.pipeline, tasks=stage.tasks, logging_dir=logging_dir,
-                                           depends=previous, workers=workers)
+                                           depends=previous, workers=workers, **options)
     previous.run()
 
 
