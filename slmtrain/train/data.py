@@ -104,8 +104,9 @@ class ShardsDataModule(pl.LightningDataModule):
         trainer = self.trainer
         world = trainer.world_size if trainer else 1
         rank = trainer.global_rank if trainer else 0
-        count = min(len(dataset), self.config.val_samples)
-        indices = list(range(rank, count, world))  # fixed samples, split across ranks
+        # The same samples on every rank count, in equal shares: the mean of rank means is then the sample mean.
+        count = max(world, min(len(dataset), self.config.val_samples) // world * world)
+        indices = list(range(rank, count, world))
         return self._loader(torch.utils.data.Subset(dataset, indices), None)
 
     def _loader(self, dataset: Dataset, sampler: Sampler | None) -> DataLoader:
