@@ -105,7 +105,9 @@ class ShardsDataModule(pl.LightningDataModule):
         world = trainer.world_size if trainer else 1
         rank = trainer.global_rank if trainer else 0
         # The same samples on every rank count, in equal shares: the mean of rank means is then the sample mean.
-        count = max(world, min(len(dataset), self.config.val_samples) // world * world)
+        count = min(len(dataset), self.config.val_samples) // world * world
+        if count == 0:
+            return []
         indices = list(range(rank, count, world))
         return self._loader(torch.utils.data.Subset(dataset, indices), None)
 
