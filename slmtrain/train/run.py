@@ -173,8 +173,9 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
         raise UserError(f"{e}; training stopped, {kept} (nan_policy=skip skips such batches)") from None
     trainer.save_checkpoint(ckpt_path)
     result = {"steps": trainer.global_step, "tokens": trainer.global_step * config.batch.tokens}
-    if datamodule.val_split is not None and config.data.val_samples > 0:
-        result["val_loss"] = float(trainer.validate(module, datamodule=datamodule, verbose=False, weights_only=True)[0]["val_loss"])
+    validation = trainer.validate(module, datamodule=datamodule, verbose=False, weights_only=True)
+    if validation and "val_loss" in validation[0]:  # none without a val split or val_samples
+        result["val_loss"] = float(validation[0]["val_loss"])
         result["val_unigram_entropy"] = unigram_entropy(datamodule.val_split)
     if trainer.is_global_zero:
         _finish(config, module, datamodule_meta, run_dir, result)
