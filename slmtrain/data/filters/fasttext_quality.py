@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import multiprocessing
+import os
 import random
 import tempfile
 import time
@@ -119,10 +120,12 @@ def _fit(train_path: str, out: str, settings: dict) -> str | None:
     """Train and save (in a child process); return the error message, if any."""
     import fasttext
 
+    partial = f"{out}.partial"  # renamed into place whole: a crash never leaves a model file that looks trained
     try:
-        fasttext.train_supervised(input=train_path, thread=1, verbose=0, **settings).save_model(out)
+        fasttext.train_supervised(input=train_path, thread=1, verbose=0, **settings).save_model(partial)
     except RuntimeError as error:
         return str(error)
+    os.replace(partial, out)
     return None
 
 
