@@ -54,8 +54,8 @@ def plan_grid(base: str = "tiny", d_models: tuple[int, ...] = (64, 96, 128, 192)
 class SweepOptions:
     recipe: str = "demo"  # the recipe every run is a delta of (data, tokenizer, optimizer, schedule)
     out: str = "runs/sweep"  # one run directory per grid point; finished runs are skipped on a re-run
-    d_models: list[int] = field(default_factory=lambda: [32, 64, 96, 128])
-    tokens_per_param: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])
+    d_models: list[int] = field(default_factory=lambda: [32, 64, 96])
+    tokens_per_param: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     method: str = "chinchilla"
     bootstrap: int = 50
     plot: str = ""  # default OUT/scaling_fit.png
