@@ -23,6 +23,7 @@ class DataConfig:
     build: Literal["none", "demo"] = "none"  # build the shards when missing: "demo" runs curation + tokenizer
     curated: str = "runs/data/demo/curated"  # where "build" writes the curated text
     tokenizer: str = "demo"  # tokenizers/NAME.yaml used by "build"
+    tokenizer_dir: str | None = None  # where "build" keeps the trained tokenizer; None: tokenizers/NAME/
     num_workers: int = 0
     val_samples: int = 64  # validation samples per evaluation (the first ones of the val split, always the same)
 

@@ -135,5 +135,6 @@ def ensure_shards(config: DataConfig, workers: int = 1) -> Path:
     print(f"building the demo corpus: curation -> {curated}", flush=True)
     run_pipeline("demo", None, curated, workers=workers)
     print(f"training the '{config.tokenizer}' tokenizer and writing shards -> {shards}", flush=True)
-    prepare_shards(config.tokenizer, curated, shards, workers=workers, val_fraction=0.02)
+    prepare_shards(config.tokenizer, curated, shards, workers=workers, val_fraction=0.02,
+                   tokenizer_dir=config.tokenizer_dir)
     return shards

@@ -209,3 +209,22 @@ def test_fsdp_on_cpu_is_a_clear_error(shards, tmp_path):
     config = tiny_recipe(shards, tmp_path / "run", strategy="fsdp", trainer={"accelerator": "cpu"})
     with pytest.raises(ConfigError, match="strategy: fsdp needs GPUs"):
         train(config)
+
+
+def test_missing_demo_shards_are_built_by_curation_and_tokenizer(tmp_path, monkeypatch):
+    """data.build=demo: the demo pipeline and the tokenizer run first (on a smaller demo source here)."""
+    import functools
+
+    import slmtrain.data.demo as demo
+    from slmtrain.train.data import ensure_shards
+
+    monkeypatch.setattr(demo, "write_demo_documents", functools.partial(demo.write_demo_documents, target_chars=600_000))
+    config = load_recipe("demo", {"data": {"shards": str(tmp_path / "shards"), "curated": str(tmp_path / "curated"),
+                                           "tokenizer_dir": str(tmp_path / "tokenizer")}}).data
+    shards = ensure_shards(config)
+    meta = json.loads((shards / "meta.json").read_text())
+    assert meta["vocab_size"] == 4096 and meta["splits"]["train"]["tokens"] > 100_000
+    assert json.loads((tmp_path / "curated" / "stats.json").read_text())["totals"]["balanced"]
+    assert ensure_shards(config) == shards  # present now: nothing is rebuilt
+    with pytest.raises(UserError, match="no token shards"):
+        ensure_shards(load_recipe("demo", {"data": {"shards": str(tmp_path / "none"), "build": "none"}}).data)
