@@ -45,13 +45,16 @@ def test_loss_decreases_validation_runs_and_export_loads(shards, tmp_path):
     assert json.loads((tmp_path / "run" / "plan.json").read_text())["tokens"] == 512 * 24
 
 
+RUN_STEPS = 48  # steps take milliseconds: a long enough run leaves time to kill it mid-way
+
+
 def _launch(shards: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
     args = [
         sys.executable, str(REPO / "launch" / "train.py"), "recipe=demo", f"run_dir={run_dir}",
         "model.preset=tiny", "model.vocab_size=512", "model.max_seq_len=64", f"data.shards={shards}",
         "data.build=none", "data.seq_len=64", "data.val_samples=8", "batch.tokens=512", "batch.micro_batch=2",
         "optim.lr=1e-2", "schedule.kind=cosine", "schedule.warmup_steps=2", "budget.policy=fixed",
-        f"budget.tokens={512 * 16}", "trainer.enable_progress_bar=false", "log_every_n_steps=1",
+        f"budget.tokens={512 * RUN_STEPS}", "trainer.enable_progress_bar=false", "log_every_n_steps=1",
         "val_every_n_steps=8", "ckpt_every_n_steps=4", "samples=0", "export_hf=false", *extra,
     ]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
@@ -64,7 +67,7 @@ def uninterrupted_losses(shards, tmp_path_factory) -> dict[int, str]:
     out, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, out
     losses = train_losses(run_dir)
-    assert sorted(losses) == list(range(1, 17))
+    assert sorted(losses) == list(range(1, RUN_STEPS + 1))
     return losses
 
 
@@ -80,7 +83,7 @@ def test_sigkill_then_resume_logs_identical_losses(shards, tmp_path, uninterrupt
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert victim.returncode == -signal.SIGKILL
-    assert max(train_losses(killed_dir)) < 16, "the run finished before it could be killed"
+    assert max(train_losses(killed_dir)) < RUN_STEPS, "the run finished before it could be killed"
 
     resumed = _launch(shards, killed_dir, "ckpt=last")
     out, _ = resumed.communicate(timeout=300)
