@@ -14,7 +14,7 @@ sys.path[:] = [str(_repo)] + [p for p in sys.path if Path(p or ".").resolve() !=
 from dataclasses import dataclass  # noqa: E402
 from typing import Literal  # noqa: E402
 
-from slmtrain.config import ConfigError, build, cli_main, split_args  # noqa: E402
+from slmtrain.config import build, cli_main, split_args  # noqa: E402
 
 
 @dataclass
@@ -26,10 +26,7 @@ class Args:
 
 def main(argv: list[str]) -> int:
     _, overrides = split_args(argv)
-    for required in ("model", "out"):
-        if required not in overrides:
-            raise ConfigError(required, "required: model=PATH out=FILE.gguf [quant=f16|q8_0|q4_0]")
-    args = build(Args, overrides)
+    args = build(Args, overrides, usage="model=PATH out=FILE.gguf [quant=f16|q8_0|q4_0]")
     from slmtrain.eval.gguf_export import export_gguf
     from slmtrain.model.load import load_model
 

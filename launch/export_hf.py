@@ -17,7 +17,7 @@ sys.path[:] = [str(_repo)] + [p for p in sys.path if Path(p or ".").resolve() !=
 from dataclasses import dataclass  # noqa: E402
 from typing import Literal  # noqa: E402
 
-from slmtrain.config import ConfigError, build, cli_main, split_args  # noqa: E402
+from slmtrain.config import build, cli_main, split_args  # noqa: E402
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -31,10 +31,7 @@ class Args:
 
 def main(argv: list[str]) -> int:
     _, overrides = split_args(argv)
-    for required in ("ckpt", "out"):
-        if required not in overrides:
-            raise ConfigError(required, "required: ckpt=PATH out=DIR [dtype=fp32|bf16|fp16]")
-    args = build(Args, overrides)
+    args = build(Args, overrides, usage="ckpt=PATH out=DIR [dtype=fp32|bf16|fp16]")
     import torch
 
     from slmtrain.model.hf import export_hf

@@ -14,7 +14,7 @@ sys.path[:] = [str(_repo)] + [p for p in sys.path if Path(p or ".").resolve() !=
 
 from dataclasses import dataclass  # noqa: E402
 
-from slmtrain.config import ConfigError, build, cli_main, split_args  # noqa: E402
+from slmtrain.config import build, cli_main, split_args  # noqa: E402
 from slmtrain.data.shards import prepare_shards  # noqa: E402
 
 
@@ -31,10 +31,7 @@ class Args:
 
 def main(argv: list[str]) -> int:
     _, overrides = split_args(argv)
-    for required in ("tokenizer", "input", "output"):
-        if required not in overrides:
-            raise ConfigError(required, "required: tokenizer=NAME input=CURATED output=SHARDS [workers=N ...]")
-    args = build(Args, overrides)
+    args = build(Args, overrides, usage="tokenizer=NAME input=CURATED output=SHARDS [workers=N ...]")
     stats = prepare_shards(args.tokenizer, args.input, args.output, args.workers, args.val_fraction, args.retrain,
                            args.tokenizer_dir)
     counts = stats["input"]

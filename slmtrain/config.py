@@ -142,8 +142,9 @@ def _plain(node: Any) -> Any:
 # Typed building
 
 
-def build(cls: type[T], data: Mapping[str, Any] | None = None, prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping, validating keys, types and choices."""
+def build(cls: type[T], data: Mapping[str, Any] | None = None, prefix: str = "", usage: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, validating keys, types and choices. A field without a default is
+    required; ``usage`` (a command line's synopsis) is shown when one is missing."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls} is not a dataclass")
     data = {} if data is None else data
@@ -159,7 +160,7 @@ def build(cls: type[T], data: Mapping[str, Any] | None = None, prefix: str = "")
         kwargs[key] = _coerce(hints[key], value, path)
     for name, f in fields.items():
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{prefix}.{name}" if prefix else name, "required, and not given")
+            raise ConfigError(f"{prefix}.{name}" if prefix else name, f"required: {usage}" if usage else "required, and not given")
     try:
         return cls(**kwargs)
     except ConfigError as e:
