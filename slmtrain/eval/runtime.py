@@ -31,7 +31,7 @@ import torch
 
 from slmtrain.config import UserError
 from slmtrain.model.transformer import KVCache, Transformer
-from slmtrain.scaling.devices import DeviceProfile, get_device
+from slmtrain.scaling.devices import DeviceProfile, get_device, measured_matmul_flops
 
 RAPL_PACKAGE_ZONES = "/sys/class/powercap/intel-rapl:[0-9]*"  # package zones only (subzones carry a second ':')
 ASSUMED_CPU_POWER_W = 15.0  # energy estimate without RAPL: a laptop-class CPU package under full load
@@ -40,15 +40,12 @@ PRECISIONS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp1
 
 def measure_host_profile(copy_bytes: int = 1 << 28, matmul_size: int = 1024, repeats: int = 5) -> DeviceProfile:
     """This machine as a device profile: sustained memory bandwidth (numpy copy of ``copy_bytes``, each byte read
-    once and written once) and fp32/bf16 matmul FLOP/s (torch, current thread count), best of ``repeats``."""
+    once and written once, best of ``repeats``) and fp32/bf16 matmul FLOP/s (torch, current thread count)."""
     source = np.ones(copy_bytes // 8)
     target = np.empty_like(source)
     copy_s = min(_seconds(lambda: np.copyto(target, source)) for _ in range(repeats))
-    peak_flops = {}
-    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(matmul_size, matmul_size, dtype=dtype), torch.randn(matmul_size, matmul_size, dtype=dtype)
-        torch.mm(a, b)
-        peak_flops[precision] = 2 * matmul_size**3 / min(_seconds(lambda: torch.mm(a, b)) for _ in range(repeats))
+    peak_flops = {precision: measured_matmul_flops(dtype, matmul_size)
+                  for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     return DeviceProfile(name="host", memory_bytes=float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
                          memory_bandwidth=2 * source.nbytes / copy_s, peak_flops=peak_flops, power_watts=None,
                          source=f"measured: numpy copy of {copy_bytes >> 20} MiB, torch.mm {matmul_size}^3 fp32/bf16 "

@@ -11,11 +11,15 @@ dense figure derived from it is marked in ``source``. ``power_watts`` is None wh
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from slmtrain.config import ConfigError, UserError, require
 from slmtrain.model.config import BYTES_PER_WEIGHT, ModelConfig
 from slmtrain.scaling.budget import CostModel, lifetime_optimal_tokens
 from slmtrain.scaling.laws import ScalingLaw
+
+if TYPE_CHECKING:
+    import torch
 
 GB = 1e9
 SHAPE_FAMILIES = {"balanced": 64, "deep-thin": 24}  # d_model / n_layer: GPT-2/Kaplan-like vs MobileLLM-like
@@ -218,3 +222,19 @@ def plan_for_device(law: ScalingLaw, deployment: Deployment, inference_tokens: f
     return DevicePlan(model, params, tokens, law.loss(params, tokens), law.compute_optimal_tokens(params),
                       6 * params * tokens, 2 * params * inference_tokens, deployment.memory_needed(model),
                       deployment.decode_tokens_per_s(model), dollars)
+
+
+def measured_matmul_flops(dtype: torch.dtype, size: int = 512, seconds: float = 0.2) -> float:
+    """FLOP/s of this machine's CPU on a size^3 matmul in ``dtype`` (current thread count): the peak that CPU MFU
+    and the host device profile are measured against."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    torch.mm(a, b)  # warm-up
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - start)

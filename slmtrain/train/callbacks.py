@@ -9,6 +9,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from slmtrain.scaling.devices import measured_matmul_flops
+
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets (without sparsity).
 GPU_PEAK_FLOPS = {
     "H200": 989e12,
@@ -33,17 +35,7 @@ def device_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) 
             if key in name:
                 return peak, f"{key} bf16 data sheet"
         return float("nan"), f"unknown GPU {name!r}"
-    return measured_cpu_peak_flops(dtype=dtype), f"measured {dtype} matmul"
-
-
-def measured_cpu_peak_flops(size: int = 512, seconds: float = 0.2, dtype: torch.dtype = torch.float32) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b  # warm-up
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    return 2 * size**3 * count / (time.perf_counter() - start)
+    return measured_matmul_flops(dtype), f"measured {dtype} matmul"
 
 
 class MetricsLogger(pl.Callback):
