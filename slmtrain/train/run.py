@@ -126,17 +126,16 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
     model_config = config.model_config
     world = world_size(config.trainer)
     accumulate = gradient_accumulation(config, world)
-    datamodule_meta = json.loads((Path(config.data.shards) / "meta.json").read_text())
-    shard_vocab = int(datamodule_meta["vocab_size"])
-    if shard_vocab > model_config.vocab_size:
-        raise ConfigError("model.vocab_size", f"{model_config.vocab_size} is smaller than the shards' vocabulary ({shard_vocab})")
+    datamodule = ShardsDataModule(config.data, config.batch.micro_batch, accumulate, config.seed)
+    if datamodule.vocab_size > model_config.vocab_size:
+        raise ConfigError("model.vocab_size",
+                          f"{model_config.vocab_size} is smaller than the shards' vocabulary ({datamodule.vocab_size})")
     the_plan = plan(config, model_config)
     steps = the_plan["steps"]
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    module = LanguageModel(config, model_config, total_steps=steps, eos_id=int(datamodule_meta["eos_id"]))
+    module = LanguageModel(config, model_config, total_steps=steps, eos_id=datamodule.eos_id)
     if config.compile:
         compile_blocks(module.model)
-    datamodule = ShardsDataModule(config.data, config.batch.micro_batch, accumulate, config.seed)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "plan.json").write_text(json.dumps(the_plan, indent=2))
@@ -178,7 +177,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
         result["val_loss"] = float(validation[0]["val_loss"])
         result["val_unigram_entropy"] = unigram_entropy(datamodule.val_split)
     if trainer.is_global_zero:
-        _finish(config, module, datamodule_meta, run_dir, result)
+        _finish(config, module, datamodule.meta, run_dir, result)
     return result
 
 
