@@ -139,7 +139,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "plan.json").write_text(json.dumps(the_plan, indent=2))
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    # train_config.json, not config.json: a folder with config.json is a Hugging Face model to load_model
+    (run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     loggers = _loggers(config, run_dir)
     metrics = MetricsLogger(run_dir / "metrics.csv", config.log_every_n_steps, config.batch.tokens,
                             model_config.train_flops_per_token(config.data.seq_len),

@@ -43,6 +43,12 @@ def test_loss_decreases_validation_runs_and_export_loads(shards, tmp_path):
     assert hf.config.vocab_size == 512
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((tmp_path / "run" / "plan.json").read_text())["tokens"] == 512 * 24
+    from slmtrain.model.load import load_model
+
+    loaded = load_model(tmp_path / "run")  # a run directory loads through its HF export, with its tokenizer
+    assert loaded.source == f"hf {tmp_path / 'run' / 'hf'}" and loaded.tokenizer is not None
+    (tmp_path / "run" / "hf" / "config.json").unlink()  # without the export: the last checkpoint
+    assert load_model(tmp_path / "run").source.startswith("checkpoint")
 
 
 RUN_STEPS = 48  # steps take milliseconds: a long enough run leaves time to kill it mid-way
