@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import random
+import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -150,6 +151,8 @@ class Tokenizer:
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
         config_file.write_text(json.dumps(config, indent=2))
         (out_dir / "special_tokens_map.json").write_text(json.dumps(special_tokens, indent=2))
+        # The SentencePiece model travels too: GGUF export embeds its vocabulary so llama.cpp can run the file.
+        shutil.copyfile(self.model_file, out_dir / "tokenizer.model")
         return out_dir
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import sentencepiece as spm
 import torch
 
 from slmtrain.config import UserError
@@ -40,6 +41,9 @@ class HFTokenizer:
         self.inner = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
         self.bos_id = self.inner.bos_token_id if bos_id is None else bos_id
         self.eos_id = self.inner.eos_token_id
+        # slmtrain exports carry their SentencePiece model: GGUF export embeds its vocabulary from it.
+        sentencepiece_file = path / "tokenizer.model"
+        self.processor = spm.SentencePieceProcessor(model_file=str(sentencepiece_file)) if sentencepiece_file.is_file() else None
 
     def encode(self, text: str) -> list[int]:
         return self.inner.encode(text, add_special_tokens=False)
@@ -99,6 +103,7 @@ class EosPrefixedTokenizer:
         self.inner = inner
         self.bos_id = inner.eos_id
         self.eos_id = inner.eos_id
+        self.processor = inner.processor
 
     def encode(self, text: str) -> list[int]:
         return self.inner.encode(text)

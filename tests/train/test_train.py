@@ -47,6 +47,7 @@ def test_loss_decreases_validation_runs_and_export_loads(shards, tmp_path):
 
     loaded = load_model(tmp_path / "run")  # a run directory loads through its HF export, with its tokenizer
     assert loaded.source == f"hf {tmp_path / 'run' / 'hf'}" and loaded.tokenizer is not None
+    assert loaded.tokenizer.processor is not None  # the SentencePiece model travels with the export (GGUF vocab)
     (tmp_path / "run" / "hf" / "config.json").unlink()  # without the export: the last checkpoint
     assert load_model(tmp_path / "run").source.startswith("checkpoint")
 
