@@ -20,7 +20,7 @@ from slmtrain.config import parse_overrides  # noqa: E402
 from slmtrain.model import presets  # noqa: E402
 from slmtrain.model.attention import flash_available  # noqa: E402
 from slmtrain.model.transformer import Transformer  # noqa: E402
-from slmtrain.train.callbacks import device_peak_flops  # noqa: E402
+from slmtrain.hardware import cuda_peak_flops  # noqa: E402
 from slmtrain.train.parallel import compile_blocks  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def main() -> None:
     seq_len, micro, steps = int(args.get("seq_len", 2048)), int(args.get("micro_batch", 8)), int(args.get("steps", 12))
     config = presets.get(str(args.get("preset", "llama3.2-1b")), vocab_size=int(args.get("vocab_size", 32000)),
                          max_seq_len=seq_len, rope_scaling={"kind": "none"}, vocab_multiple_of=128)
-    peak, source = device_peak_flops(torch.device("cuda"))
+    peak, source = cuda_peak_flops(torch.cuda.get_device_name())
     print(f"{torch.cuda.get_device_name()} | torch {torch.__version__} | peak {peak:.3e} FLOP/s ({source})")
     print(f"model {config.params():,} params | seq {seq_len} | micro-batch {micro} | flash-attn {flash_available()}")
     batch = torch.randint(0, config.vocab_size, (micro, seq_len + 1), device="cuda")

@@ -4,7 +4,7 @@
                                       d_model=256 n_layer=4 vocab=4096]
 
 One step is forward, cross-entropy, backward and AdamW. Both models start from the same weights (copied through
-slmtrain.model.hf), so their step-0 losses agree; steps of the two are timed alternately so that machine noise
+slmtrain.model.formats.hf), so their step-0 losses agree; steps of the two are timed alternately so that machine noise
 hits both alike. Prints tokens/s of both, the ratio (slmtrain / transformers, > 1 is faster) and both losses.
 """
 
@@ -24,7 +24,7 @@ import transformers  # noqa: E402
 
 from slmtrain.config import build, check_choice, split_args  # noqa: E402
 from slmtrain.model.config import ModelConfig  # noqa: E402
-from slmtrain.model.hf import hf_config, to_hf_state_dict  # noqa: E402
+from slmtrain.model.formats.hf import hf_config, to_hf_state_dict  # noqa: E402
 from slmtrain.model.transformer import Transformer  # noqa: E402
 
 MODES = ("fp32", "bf16", "fp32-compile", "bf16-compile")

@@ -33,7 +33,7 @@ class Args:
     depth: int = 0
     repeats: int = 5
     warmup: int = 1
-    device_profile: str = "host"  # host: measured here (memory copy + matmul); or a slmtrain.scaling.devices name
+    device_profile: str = "host"  # host: measured here (memory copy + matmul); or a slmtrain.hardware profile name
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     quant: Literal["none", "int8", "int8-dynamic", "int4"] = "none"
     threads: int | None = None
@@ -44,9 +44,9 @@ class Args:
     depths: list[int] = field(default_factory=list)  # decode speed at these depths, for the plot
 
     def __post_init__(self) -> None:
-        from slmtrain.scaling.devices import device_names
+        from slmtrain.hardware import profile_names
 
-        check_choice("device_profile", self.device_profile, ["host", *device_names()])
+        check_choice("device_profile", self.device_profile, profile_names())
         if self.plot and not self.depths:
             raise ConfigError("depths", "plot= needs depths=D1,D2,... (context depths to measure decode speed at)")
 
@@ -59,8 +59,9 @@ def main(argv: list[str]) -> int:
     import torch
 
     from slmtrain.eval.report import append_csv, format_table, plot_runtime
-    from slmtrain.eval.runtime import bench_device, decode_vs_context, get_profile
-    from slmtrain.model.load import load_model
+    from slmtrain.eval.runtime import bench_device, decode_vs_context
+    from slmtrain.hardware import get_profile
+    from slmtrain.artifacts import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

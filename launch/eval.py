@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
     args = build(Args, overrides)
     from slmtrain.eval.perplexity import perplexity_of_shards, perplexity_of_texts, read_documents
     from slmtrain.eval.report import append_csv, format_table
-    from slmtrain.model.load import load_model
+    from slmtrain.artifacts import load_model
 
     loaded = load_model(args.model)
     needs_tokenizer = args.tasks or args.text

@@ -27,8 +27,8 @@ class Args:
 def main(argv: list[str]) -> int:
     _, overrides = split_args(argv)
     args = build(Args, overrides, usage="model=PATH out=FILE.gguf [quant=f16|q8_0|q4_0]")
-    from slmtrain.eval.gguf_export import export_gguf
-    from slmtrain.model.load import load_model
+    from slmtrain.model.formats.gguf import export_gguf
+    from slmtrain.artifacts import load_model
 
     loaded = load_model(args.model)
     summary = export_gguf(loaded.model, args.out, args.quant, loaded.tokenizer, name=Path(args.model).name)

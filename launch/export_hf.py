@@ -34,8 +34,8 @@ def main(argv: list[str]) -> int:
     args = build(Args, overrides, usage="ckpt=PATH out=DIR [dtype=fp32|bf16|fp16]")
     import torch
 
-    from slmtrain.model.hf import export_hf
-    from slmtrain.model.load import load_model
+    from slmtrain.model.formats.hf import export_hf
+    from slmtrain.artifacts import load_model
 
     loaded = load_model(args.ckpt)
     tokenizer = loaded.tokenizer

@@ -5,17 +5,16 @@ tasks       multiple choice (HellaSwag, ARC, PIQA formats) by log-likelihood and
 harness     an lm-evaluation-harness ``LM`` over slmtrain models, for any harness task, offline from local data
 runtime     llama-bench style prefill/decode speed, TTFT, memory, energy, and the roofline prediction
 quantize    int8 / int8-dynamic / int4 linear layers and the perplexity they cost
-gguf_export GGUF files for llama.cpp
 report      tables, a CSV every run appends to, runtime plots
 
 Functions take a :class:`slmtrain.model.transformer.Transformer` and, where text is involved, a tokenizer with the
-:class:`slmtrain.model.load.TextTokenizer` interface; ``load_model`` returns both for presets, HF dirs and runs.
+:class:`slmtrain.artifacts.TextTokenizer` interface; ``load_model`` returns both for presets, HF dirs and runs.
 """
 
 from __future__ import annotations
 
 from slmtrain.config import UserError
-from slmtrain.model.load import TextTokenizer
+from slmtrain.artifacts import TextTokenizer
 
 __all__ = ["TextTokenizer", "document_prefix_id"]
 

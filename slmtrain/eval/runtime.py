@@ -1,5 +1,5 @@
 """What a model costs to run on this machine: speed, memory, energy, and the same figures predicted from a device
-profile (:mod:`slmtrain.scaling.devices`, or this host measured by :func:`measure_host_profile`), with the
+profile (:mod:`slmtrain.hardware`: a named device, or this host measured), with the
 measured/predicted ratio.
 
 Speed follows llama-bench: ``pp{prompt}`` is prefill throughput (the whole prompt in one forward pass) and
@@ -16,51 +16,22 @@ bound by compute (tokens/s = peak FLOP/s / FLOPs per token).
 from __future__ import annotations
 
 import glob
-import os
-import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from slmtrain.config import UserError
 from slmtrain.model.transformer import KVCache, Transformer
-from slmtrain.scaling.devices import DeviceProfile, get_device, measured_matmul_flops
+from slmtrain.hardware import DeviceProfile, measure_host_profile, peak_memory
 
 RAPL_PACKAGE_ZONES = "/sys/class/powercap/intel-rapl:[0-9]*"  # package zones only (subzones carry a second ':')
 ASSUMED_CPU_POWER_W = 15.0  # energy estimate without RAPL: a laptop-class CPU package under full load
 PRECISIONS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-def measure_host_profile(copy_bytes: int = 1 << 28, matmul_size: int = 1024, repeats: int = 5) -> DeviceProfile:
-    """This machine as a device profile: sustained memory bandwidth (numpy copy of ``copy_bytes``, each byte read
-    once and written once, best of ``repeats``) and fp32/bf16 matmul FLOP/s (torch, current thread count)."""
-    source = np.ones(copy_bytes // 8)
-    target = np.empty_like(source)
-    copy_s = min(_seconds(lambda: np.copyto(target, source)) for _ in range(repeats))
-    peak_flops = {precision: measured_matmul_flops(dtype, matmul_size)
-                  for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    return DeviceProfile(name="host", memory_bytes=float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
-                         memory_bandwidth=2 * source.nbytes / copy_s, peak_flops=peak_flops, power_watts=None,
-                         source=f"measured: numpy copy of {copy_bytes >> 20} MiB, torch.mm {matmul_size}^3 fp32/bf16 "
-                                f"on {torch.get_num_threads()} threads")
-
-
-def get_profile(name: str) -> DeviceProfile:
-    """``host`` (measured now) or a named device of :mod:`slmtrain.scaling.devices`."""
-    return measure_host_profile() if name == "host" else get_device(name)
-
-
-def _seconds(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 # ---------------------------------------------------------------------------------------------------- timing
@@ -175,15 +146,6 @@ def kv_cache_bytes(model: Transformer, context: int) -> int:
     """Bytes of the KV cache holding ``context`` positions, as the model allocates it."""
     element = torch.empty(0, dtype=_compute_dtype(model)).element_size()
     return int(model.config.kv_cache_bytes_per_token(element) * context)
-
-
-def peak_memory(device: torch.device) -> tuple[int, str]:
-    """(bytes, what they measure): CUDA's peak allocation, else the process's peak resident set size (weights,
-    activations, KV cache and the runtime itself; it never goes down, so read it in a fresh process)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device), "cuda_max_memory_allocated"
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak * (1 if sys.platform == "darwin" else 1024), "process_peak_rss"
 
 
 # ---------------------------------------------------------------------------------------------------- energy

@@ -2,7 +2,7 @@
 
 No distribution or compilation code lives here: `slmtrain.train.parallel` applies torch.compile, DDP and FSDP to an
 unchanged model. Weight layout follows the Llama family (pre-norm, RoPE with rotate-half, gated MLP) so that
-`slmtrain.model.hf` maps it to transformers one tensor at a time; q/k/v and gate/up are fused into single matmuls.
+`slmtrain.model.formats.hf` maps it to transformers one tensor at a time; q/k/v and gate/up are fused into single matmuls.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from slmtrain.config import ConfigError, UserError, build
+from slmtrain.hardware import get_device
 from slmtrain.scaling import budget, devices
 from slmtrain.scaling.fit import FIT_METHODS, fit, isoflop_fit
 from slmtrain.scaling.laws import LAW_KEYS, law_from_options
@@ -98,7 +99,7 @@ def run_budget(options: dict[str, Any]) -> dict[str, Any]:
     law = law_from_options({k: v for k, v in vars(opts).items() if k in ("law", *LAW_KEYS) and v is not None})
     cost = None
     if opts.hardware is not None:
-        peak = devices.get_device(opts.hardware).flops("bf16" if opts.precision in ("int4", "int8") else opts.precision)
+        peak = get_device(opts.hardware).flops("bf16" if opts.precision in ("int4", "int8") else opts.precision)
         cost = budget.CostModel(peak, opts.train_mfu, opts.prefill_mfu, opts.decode_mfu, opts.train_price_per_hour,
                                 opts.inference_price_per_hour)
     out: dict[str, Any]

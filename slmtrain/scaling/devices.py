@@ -4,87 +4,20 @@ Single-stream decoding reads every weight and the whole KV cache once per genera
 by memory bandwidth: tokens/s ~= bandwidth / (weight bytes + KV bytes at the context length). That roofline is an
 upper bound (real kernels reach perhaps 50-80% of it); ``bandwidth_efficiency`` scales it.
 
-Figures are vendors' published specifications; where a vendor publishes only a sparse or marketing number, the
-dense figure derived from it is marked in ``source``. ``power_watts`` is None where no figure is published.
+The device profiles themselves (peaks, bandwidths, sources) live in :mod:`slmtrain.hardware`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from slmtrain.config import ConfigError, UserError, require
+from slmtrain.hardware import GB, get_device
 from slmtrain.model.config import BYTES_PER_WEIGHT, ModelConfig
 from slmtrain.scaling.budget import CostModel, lifetime_optimal_tokens
 from slmtrain.scaling.laws import ScalingLaw
 
-if TYPE_CHECKING:
-    import torch
-
-GB = 1e9
 SHAPE_FAMILIES = {"balanced": 64, "deep-thin": 24}  # d_model / n_layer: GPT-2/Kaplan-like vs MobileLLM-like
 HEAD_DIM = 64
-
-
-@dataclass(frozen=True)
-class DeviceProfile:
-    name: str
-    memory_bytes: float
-    memory_bandwidth: float  # bytes/s
-    peak_flops: dict[str, float]  # dense FLOP/s (or OP/s for integer types) per precision
-    power_watts: float | None
-    source: str
-
-    def flops(self, precision: str) -> float:
-        if precision not in self.peak_flops:
-            raise ConfigError("precision", f"device {self.name} has no published peak for {precision!r}; "
-                                           f"valid choices: {', '.join(self.peak_flops)}")
-        return self.peak_flops[precision]
-
-
-DEVICES: dict[str, DeviceProfile] = {p.name: p for p in (
-    DeviceProfile("jetson-agx-orin-64gb", 64 * GB, 204.8 * GB,
-                  {"fp32": 5.3e12, "fp16": 85e12, "bf16": 85e12, "int8": 170e12}, 60.0,
-                  "NVIDIA Jetson AGX Orin Series data sheet (2023): 64 GB LPDDR5 204.8 GB/s, 275 sparse INT8 TOPS "
-                  "(GPU 170 + DLA 105), GPU FP32 5.3 TFLOPS, 15-60 W; GPU dense INT8 = 170/2, FP16 = INT8/2 derived"),
-    DeviceProfile("jetson-orin-nano-8gb", 8 * GB, 68 * GB,
-                  {"fp32": 1.28e12, "fp16": 10e12, "bf16": 10e12, "int8": 20e12}, 15.0,
-                  "NVIDIA Jetson Orin Nano data sheet (2023): 8 GB LPDDR5 68 GB/s, 40 sparse INT8 TOPS, 7-15 W; "
-                  "dense INT8 = 40/2 and FP16 = INT8/2 derived; FP32 = 1024 CUDA cores x 2 x 625 MHz"),
-    DeviceProfile("apple-m3-max-128gb", 128 * GB, 400 * GB,
-                  {"fp32": 14.2e12, "fp16": 14.2e12, "int8": 18e12}, None,
-                  "Apple M3 Max press release (Oct 2023): up to 128 GB unified memory, 400 GB/s, 16-core Neural "
-                  "Engine 18 TOPS; GPU FP32 derived: 40 cores x 128 ALUs x 2 x ~1.4 GHz; no official power figure"),
-    DeviceProfile("apple-a17-pro", 8 * GB, 51.2 * GB,
-                  {"fp16": 2.1e12, "int8": 35e12}, None,
-                  "Apple iPhone 15 Pro (Sept 2023): Neural Engine 35 TOPS (Apple); 8 GB LPDDR5-6400 x 64 bit = "
-                  "51.2 GB/s (teardown figures); GPU FP16 ~2.1 TFLOPS (third-party estimate); no official power"),
-    DeviceProfile("snapdragon-8-gen-3", 12 * GB, 76.8 * GB,
-                  {"fp16": 17e12, "int8": 34e12}, None,
-                  "Qualcomm Snapdragon 8 Gen 3 product brief (2023): LPDDR5X up to 4800 MHz (9.6 GT/s x 64 bit = "
-                  "76.8 GB/s), up to 24 GB (12 GB typical flagship phone); Hexagon NPU ~34 dense INT8 TOPS and "
-                  "FP16 half of it are third-party estimates (Qualcomm publishes no TOPS figure); no official power"),
-    DeviceProfile("h100-sxm", 80 * GB, 3.35e12,
-                  {"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12, "fp8": 1978.9e12,
-                   "int8": 1978.9e12}, 700.0,
-                  "NVIDIA H100 Tensor Core GPU data sheet (SXM5): 80 GB HBM3 3.35 TB/s, dense BF16 989.4 TFLOPS "
-                  "(1979 with sparsity), FP8 1979, up to 700 W"),
-    DeviceProfile("h200", 141 * GB, 4.8e12,
-                  {"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12, "fp8": 1978.9e12,
-                   "int8": 1978.9e12}, 700.0,
-                  "NVIDIA H200 Tensor Core GPU data sheet (SXM): 141 GB HBM3e 4.8 TB/s, same compute as H100 SXM "
-                  "(dense BF16 989.4 TFLOPS), up to 700 W"),
-)}
-
-
-def device_names() -> list[str]:
-    return sorted(DEVICES)
-
-
-def get_device(name: str) -> DeviceProfile:
-    if name not in DEVICES:
-        raise ConfigError("device", f"unknown device {name!r}; valid choices: {', '.join(device_names())}")
-    return DEVICES[name]
 
 
 @dataclass
@@ -222,19 +155,3 @@ def plan_for_device(law: ScalingLaw, deployment: Deployment, inference_tokens: f
     return DevicePlan(model, params, tokens, law.loss(params, tokens), law.compute_optimal_tokens(params),
                       6 * params * tokens, 2 * params * inference_tokens, deployment.memory_needed(model),
                       deployment.decode_tokens_per_s(model), dollars)
-
-
-def measured_matmul_flops(dtype: torch.dtype, size: int = 512, seconds: float = 0.2) -> float:
-    """FLOP/s of this machine's CPU on a size^3 matmul in ``dtype`` (current thread count): the peak that CPU MFU
-    and the host device profile are measured against."""
-    import time
-
-    import torch
-
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.mm(a, b)  # warm-up
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.mm(a, b)
-        count += 1
-    return 2 * size**3 * count / (time.perf_counter() - start)

@@ -9,33 +9,25 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from slmtrain.scaling.devices import measured_matmul_flops
-
-# Dense bf16 peak FLOP/s per device, from the vendors' data sheets (without sparsity).
-GPU_PEAK_FLOPS = {
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "L4": 121e12,
-    "A10G": 70e12,
-    "RTX 4090": 165e12,
-    "V100": 125e12,
-}
+from slmtrain.hardware import CpuPeak, cuda_peak_flops
 
 METRIC_COLUMNS = ("step", "train_loss", "val_loss", "lr", "grad_norm", "tokens_seen", "tokens_per_s", "mfu")
 
 
-def device_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[float, str]:
-    """Peak FLOP/s of one device and where the figure comes from (table for GPUs, a measured matmul on CPU in the
-    dtype the matmuls run in)."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, peak in GPU_PEAK_FLOPS.items():
-            if key in name:
-                return peak, f"{key} bf16 data sheet"
-        return float("nan"), f"unknown GPU {name!r}"
-    return measured_matmul_flops(dtype), f"measured {dtype} matmul"
+class PeakFlops:
+    """The reference MFU is measured against: the GPU's data-sheet peak, or this CPU's measured matmul peak in the
+    dtype the matmuls run in (raised by any faster rate observed later, so MFU never reads above 100%)."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, world_size: int):
+        self.world_size = world_size
+        self.cpu = None if device.type == "cuda" else CpuPeak(dtype)
+        self.per_device = (cuda_peak_flops(torch.cuda.get_device_name(device))[0] if self.cpu is None
+                           else self.cpu.flops)
+
+    def mfu(self, achieved_flops: float) -> float:
+        if self.cpu is not None:
+            return self.cpu.utilisation(achieved_flops / self.world_size)
+        return achieved_flops / (self.per_device * self.world_size)
 
 
 class MetricsLogger(pl.Callback):
@@ -47,7 +39,7 @@ class MetricsLogger(pl.Callback):
         self.path, self.every_n_steps = path, every_n_steps
         self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
         self.progress, self.bar = progress, None
-        self.peak_flops = float("nan")
+        self.peak: PeakFlops | None = None
         self.step_losses: list[torch.Tensor] = []
         self.step_started = 0.0
         self.step_lr = float("nan")
@@ -55,8 +47,7 @@ class MetricsLogger(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
-        peak, _ = device_peak_flops(pl_module.device, dtype)
-        self.peak_flops = peak * trainer.world_size
+        self.peak = PeakFlops(pl_module.device, dtype, trainer.world_size)
         if trainer.is_global_zero:
             self._truncate_after(trainer.global_step)
             if self.progress:
@@ -87,7 +78,7 @@ class MetricsLogger(pl.Callback):
             self.bar.update(step - self.bar.n)
         if step % self.every_n_steps and step != trainer.max_steps:
             return
-        mfu = self.flops_per_token * tokens_per_s / self.peak_flops
+        mfu = self.peak.mfu(self.flops_per_token * tokens_per_s)
         pl_module.log_dict({"tokens_per_s": tokens_per_s, "mfu": mfu}, prog_bar=True, on_step=True, on_epoch=False)
         if not trainer.is_global_zero:
             return

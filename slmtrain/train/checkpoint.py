@@ -10,9 +10,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from slmtrain.config import UserError, build
-from slmtrain.model.config import ModelConfig
-from slmtrain.model.transformer import Transformer
+from slmtrain.artifacts import read_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -36,27 +34,3 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign file: one clear line instead of an unpickling traceback
-        raise UserError(f"{path}: not a readable slmtrain checkpoint ({type(e).__name__}: {e})") from None
-
-
-def model_from_checkpoint(path: Path, dtype: torch.dtype = torch.float32) -> tuple[Transformer, dict[str, Any]]:
-    """The Transformer saved in a training checkpoint, and the checkpoint's hyper-parameters."""
-    checkpoint = read_checkpoint(path)
-    hparams = checkpoint.get("hyper_parameters", {})
-    if "model_config" not in hparams:
-        raise UserError(f"{path}: no model_config in the checkpoint (not written by slmtrain)")
-    config = build(ModelConfig, hparams["model_config"])
-    model = Transformer(config)
-    prefix = "model."
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}  # blocks compiled during training
-    model.load_state_dict(state)
-    return model.to(dtype).eval(), hparams

@@ -13,7 +13,7 @@ import torch
 
 from slmtrain.config import ConfigError, UserError
 from slmtrain.model.config import ModelConfig
-from slmtrain.train.callbacks import GPU_PEAK_FLOPS
+from slmtrain.hardware import gpu_bf16_peaks
 from slmtrain.train.config import TrainConfig
 
 LAST_CHECKPOINT = "checkpoints/last.ckpt"
@@ -65,9 +65,9 @@ def plan(config: TrainConfig, model_config: ModelConfig | None = None) -> dict[s
         steps = max(1, math.ceil(decision.tokens / config.batch.tokens))
     tokens = steps * config.batch.tokens
     flops = mc.train_flops_per_token(config.data.seq_len) * tokens
-    peak = GPU_PEAK_FLOPS.get(config.gpu)
+    peak = gpu_bf16_peaks().get(config.gpu)
     if peak is None:
-        raise ConfigError("gpu", f"unknown GPU {config.gpu!r}; valid choices: {', '.join(GPU_PEAK_FLOPS)}")
+        raise ConfigError("gpu", f"unknown GPU {config.gpu!r}; valid choices: {', '.join(gpu_bf16_peaks())}")
     return {
         "name": config.name,
         "params": mc.params(),
@@ -193,7 +193,7 @@ def unigram_entropy(split) -> float:
 
 def _finish(config: TrainConfig, module, meta: dict[str, Any], run_dir: Path, result: dict[str, Any]) -> None:
     """HF export with the tokenizer, a few samples printed, the result recorded."""
-    from slmtrain.model.hf import export_hf
+    from slmtrain.model.formats.hf import export_hf
     from slmtrain.tokenizer import Tokenizer
 
     model = module.model.float().eval()

@@ -28,7 +28,7 @@ def model():
 @pytest.fixture
 def hf_dir(tmp_path, model):
     """The tiny model exported as a transformers directory with a byte-level tokenizer."""
-    from slmtrain.model.hf import export_hf
+    from slmtrain.model.formats.hf import export_hf
 
     out = export_hf(model, tmp_path / "hf", bos_id=BOS, eos_id=EOS)
     save_byte_level_hf_tokenizer(out)

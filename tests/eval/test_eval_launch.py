@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pydoc_data.topics
 
-from slmtrain.eval.gguf_export import read_gguf
+from slmtrain.model.formats.gguf import read_gguf
 
 REPO = Path(__file__).resolve().parents[2]
 

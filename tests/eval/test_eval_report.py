@@ -3,7 +3,8 @@ from __future__ import annotations
 import csv
 
 from slmtrain.eval.report import append_csv, format_table, plot_runtime
-from slmtrain.eval.runtime import decode_vs_context, measure_host_profile
+from slmtrain.eval.runtime import decode_vs_context
+from slmtrain.hardware import measure_host_profile
 
 
 def test_csv_appends_and_widens_to_new_columns(tmp_path):

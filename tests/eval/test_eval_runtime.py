@@ -8,10 +8,11 @@ import torch
 from tests.eval.eval_helpers import tiny_model
 from slmtrain.eval import runtime
 from slmtrain.eval.quantize import QuantizedLinear, quantize_model, quantization_table
-from slmtrain.eval.runtime import (EnergyMeter, bench_device, decode_timing, kv_cache_bytes, measure_host_profile,
+from slmtrain.eval.runtime import (EnergyMeter, bench_device, decode_timing, kv_cache_bytes,
                                    predicted_decode_tokens_per_s, weight_bytes)
+from slmtrain.hardware import DeviceProfile, get_device, measure_host_profile
 from slmtrain.model.transformer import KVCache
-from slmtrain.scaling.devices import Deployment, DeviceProfile, get_device
+from slmtrain.scaling.devices import Deployment
 
 PROFILE = DeviceProfile("test device", 1e9, memory_bandwidth=1e10, peak_flops={"fp32": 1e11}, power_watts=None,
                         source="test")

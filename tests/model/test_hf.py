@@ -14,7 +14,7 @@ import transformers
 
 from slmtrain.config import ConfigError, UserError
 from slmtrain.model import presets
-from slmtrain.model.hf import export_hf, load_hf, model_config_from_hf
+from slmtrain.model.formats.hf import export_hf, load_hf, model_config_from_hf
 from slmtrain.model.transformer import Transformer
 
 MAX_ABS_DIFF = 1e-4
@@ -234,7 +234,7 @@ def test_export_drops_vocabulary_padding_rows(tmp_path):
     import torch
 
     from slmtrain.model import presets
-    from slmtrain.model.hf import export_hf, load_hf
+    from slmtrain.model.formats.hf import export_hf, load_hf
     from slmtrain.model.transformer import Transformer
 
     model = Transformer(presets.get("tiny", vocab_size=250, vocab_multiple_of=64)).eval()

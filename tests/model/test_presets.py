@@ -11,7 +11,7 @@ import transformers
 
 from slmtrain.model import presets
 from slmtrain.model.config import ModelConfig
-from slmtrain.model.hf import model_config_from_hf
+from slmtrain.model.formats.hf import model_config_from_hf
 from slmtrain.model.transformer import Transformer
 
 # Parameter counts of the released checkpoints (sum of the safetensors tensors; MobileLLM: paper, 124.6M / 345.3M).

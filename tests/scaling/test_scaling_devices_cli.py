@@ -13,7 +13,8 @@ import pytest
 
 from slmtrain.config import REPO_ROOT, ConfigError, UserError
 from slmtrain.model import presets
-from slmtrain.scaling.devices import DEVICES, Deployment, plan_for_device, shape_ladder
+from slmtrain.hardware import DEVICES
+from slmtrain.scaling.devices import Deployment, plan_for_device, shape_ladder
 from slmtrain.scaling.laws import PUBLISHED
 from slmtrain.scaling.plots import plot_fit
 from slmtrain.scaling.runs import Runs

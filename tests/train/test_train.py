@@ -43,7 +43,7 @@ def test_loss_decreases_validation_runs_and_export_loads(shards, tmp_path):
     assert hf.config.vocab_size == 512
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((tmp_path / "run" / "plan.json").read_text())["tokens"] == 512 * 24
-    from slmtrain.model.load import load_model
+    from slmtrain.artifacts import load_model
 
     loaded = load_model(tmp_path / "run")  # a run directory loads through its HF export, with its tokenizer
     assert loaded.source == f"hf {tmp_path / 'run' / 'hf'}" and loaded.tokenizer is not None

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from slmtrain.config import ConfigError, check_choice
-from slmtrain.model.hf import hf_architecture
+from slmtrain.model.formats.hf import hf_architecture
 from slmtrain.model.transformer import Transformer, rope_inverse_frequencies
 
 QUANT_TYPES = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0,

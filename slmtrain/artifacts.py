@@ -1,18 +1,20 @@
-"""One loader for every way a model is named: a preset (random weights), a Hugging Face directory, an slmtrain run
-directory or training checkpoint. Evaluation, export and benchmarks take any of them."""
+"""What a model artifact is and how to load it: ``load_model`` for every way a model is named (a preset with random
+weights, a Hugging Face directory, an slmtrain run directory or training checkpoint), and safe checkpoint reading.
+Evaluation, export, fine-tuning, serving and benchmarks take any of them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import sentencepiece as spm
 import torch
 
-from slmtrain.config import UserError
+from slmtrain.config import UserError, build
 from slmtrain.model import presets
-from slmtrain.model.hf import load_hf, read_hf_config
+from slmtrain.model.config import ModelConfig
+from slmtrain.model.formats.hf import load_hf, read_hf_config
 from slmtrain.model.transformer import Transformer
 
 
@@ -69,8 +71,6 @@ def load_model(spec: str | Path, dtype: torch.dtype = torch.float32) -> LoadedMo
         if (path / "hf" / "config.json").is_file():
             return load_model(path / "hf", dtype)
         path = path / "checkpoints" / "last.ckpt"
-    from slmtrain.train.checkpoint import model_from_checkpoint
-
     model, hparams = model_from_checkpoint(path, dtype)
     return LoadedModel(model, _checkpoint_tokenizer(hparams), f"checkpoint {path}")
 
@@ -113,3 +113,27 @@ class EosPrefixedTokenizer:
 
     def save_hf(self, out_dir: str | Path) -> None:
         self.inner.save_hf(out_dir)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign file: one clear line instead of an unpickling traceback
+        raise UserError(f"{path}: not a readable slmtrain checkpoint ({type(e).__name__}: {e})") from None
+
+
+def model_from_checkpoint(path: Path, dtype: torch.dtype = torch.float32) -> tuple[Transformer, dict[str, Any]]:
+    """The Transformer saved in a training checkpoint, and the checkpoint's hyper-parameters."""
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint.get("hyper_parameters", {})
+    if "model_config" not in hparams:
+        raise UserError(f"{path}: no model_config in the checkpoint (not written by slmtrain)")
+    config = build(ModelConfig, hparams["model_config"])
+    model = Transformer(config)
+    prefix = "model."
+    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}  # blocks compiled during training
+    model.load_state_dict(state)
+    return model.to(dtype).eval(), hparams

@@ -6,7 +6,7 @@ import torch
 
 from tests.eval.eval_helpers import tiny_model
 from slmtrain.config import ConfigError
-from slmtrain.eval.gguf_export import export_gguf, gguf_tensors, permute_for_gguf, read_gguf
+from slmtrain.model.formats.gguf import export_gguf, gguf_tensors, permute_for_gguf, read_gguf
 from slmtrain.model.config import RopeScaling
 from slmtrain.model.transformer import apply_rope, rope_cos_sin
 
