@@ -1,56 +1,6 @@
-"""Export a model to a Hugging Face directory (config.json + model.safetensors, and its tokenizer when known) that
-transformers.AutoModelForCausalLM.from_pretrained loads.
+"""``slmtrain export-hf`` from a checkout (the code is slmtrain/cli/export_hf.py): export a model to a Hugging Face directory (config.json + model.safetensors, and its tokenizer when known) that"""
 
-    python launch/export_hf.py ckpt=PATH out=DIR [dtype=fp32|bf16|fp16]
-
-ckpt: an slmtrain run directory or training checkpoint, or a Hugging Face directory (anything load_model takes).
-"""
-
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-_repo = Path(__file__).resolve().parent.parent  # launch/ leaves the path: launch/tokenize.py would shadow the stdlib
-sys.path[:] = [str(_repo)] + [p for p in sys.path if Path(p or ".").resolve() != _repo / "launch"]
-
-from dataclasses import dataclass  # noqa: E402
-from typing import Literal  # noqa: E402
-
-from slmtrain.config import build, cli_main, split_args  # noqa: E402
-
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-@dataclass
-class Args:
-    ckpt: str
-    out: Path
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
-
-
-def main(argv: list[str]) -> int:
-    _, overrides = split_args(argv)
-    args = build(Args, overrides, usage="ckpt=PATH out=DIR [dtype=fp32|bf16|fp16]")
-    import torch
-
-    from slmtrain.model.formats.hf import export_hf
-    from slmtrain.artifacts import load_model
-
-    loaded = load_model(args.ckpt)
-    tokenizer = loaded.tokenizer
-    out = export_hf(
-        loaded.model,
-        args.out,
-        tokenizer if hasattr(tokenizer, "save_hf") else None,
-        bos_id=getattr(tokenizer, "bos_id", None),
-        eos_id=getattr(tokenizer, "eos_id", None),
-        dtype=getattr(torch, DTYPES[args.dtype]),
-    )
-    written = ", ".join(sorted(p.name for p in out.iterdir()))
-    print(f"exported {loaded.source} ({loaded.model.num_params():,} parameters, {args.dtype}) to {out}: {written}")
-    return 0
-
+from slmtrain.cli.export_hf import main
 
 if __name__ == "__main__":
-    cli_main(main)()
+    main()

@@ -4,7 +4,9 @@ Evaluation, export, fine-tuning, serving and benchmarks take any of them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,6 +59,45 @@ class HFTokenizer:
         self.inner.save_pretrained(str(out_dir))
 
 
+# The run-directory layout, in one place: a run carries its tokenizer, special ids, resolved config and checkpoints.
+RUN_TOKENIZER = "tokenizer"  # RUN_DIR/tokenizer/: the tokenizer's files and SPECIAL_TOKENS
+SPECIAL_TOKENS = "special_tokens.json"
+TRAIN_CONFIG = "train_config.json"  # not config.json: a folder with config.json is a Hugging Face model
+CHECKPOINTS = "checkpoints"
+LAST_CHECKPOINT = f"{CHECKPOINTS}/last.ckpt"
+HF_EXPORT = "hf"
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """The special ids a model was trained with. HF export, GGUF export, evaluation and serving read them from
+    here instead of re-deriving them."""
+
+    vocab_size: int
+    eos_id: int
+    document_start_id: int  # the token every training document follows: what a prompt must start with
+    bos_id: int | None = None  # the tokenizer's own BOS, which the model may never have seen
+    pad_id: int | None = None
+
+    @classmethod
+    def for_shards(cls, meta: dict[str, Any]) -> TokenizerInfo:
+        """slmtrain's shards join documents with EOS, so every document the model saw followed an EOS."""
+        bos = meta.get("bos_id")
+        return cls(int(meta["vocab_size"]), int(meta["eos_id"]), int(meta["eos_id"]),
+                   bos if isinstance(bos, int) and bos >= 0 else None)
+
+    def save(self, folder: Path) -> None:
+        (folder / SPECIAL_TOKENS).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> TokenizerInfo:
+        path = folder / SPECIAL_TOKENS
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as e:
+            raise UserError(f"{path}: not a readable special-token record ({e})") from None
+
+
 def load_model(spec: str | Path, dtype: torch.dtype = torch.float32) -> LoadedModel:
     path = Path(spec)
     if not path.exists():
@@ -68,41 +109,42 @@ def load_model(spec: str | Path, dtype: torch.dtype = torch.float32) -> LoadedMo
         config = read_hf_config(path)
         return LoadedModel(load_hf(path, dtype), _hf_tokenizer(path, config.get("bos_token_id")), f"hf {path}")
     if path.is_dir():  # an slmtrain run directory: its export if it has one, else its last checkpoint
-        if (path / "hf" / "config.json").is_file():
-            return load_model(path / "hf", dtype)
-        path = path / "checkpoints" / "last.ckpt"
-    model, hparams = model_from_checkpoint(path, dtype)
-    return LoadedModel(model, _checkpoint_tokenizer(hparams), f"checkpoint {path}")
+        if (path / HF_EXPORT / "config.json").is_file():
+            return load_model(path / HF_EXPORT, dtype)
+        if not (path / LAST_CHECKPOINT).is_file():
+            raise UserError(f"{path}: neither a Hugging Face directory (config.json) nor an slmtrain run "
+                            f"({LAST_CHECKPOINT})")
+        path = path / LAST_CHECKPOINT
+    model, _ = model_from_checkpoint(path, dtype)
+    run_dir = path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
+    return LoadedModel(model, run_tokenizer(run_dir), f"checkpoint {path}")
 
 
 def _hf_tokenizer(path: Path, bos_id: int | None) -> TextTokenizer | None:
     """The directory's tokenizer; the model's config.json has the last word on the document-start token (slmtrain
-    exports name EOS, which precedes every document in training)."""
+    exports name it as BOS)."""
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
         return None
     return HFTokenizer(path, bos_id if isinstance(bos_id, int) else None)
 
 
-def _checkpoint_tokenizer(hparams: dict) -> TextTokenizer | None:
-    import json
-
+def run_tokenizer(run_dir: Path) -> RunTokenizer | None:
+    """The tokenizer a run carries (RUN_DIR/tokenizer), None for a run without one."""
+    folder = run_dir / RUN_TOKENIZER
+    if not (folder / SPECIAL_TOKENS).is_file():
+        return None
     from slmtrain.tokenizer import Tokenizer
 
-    shards = Path(hparams.get("train_config", {}).get("data", {}).get("shards", ""))
-    meta = shards / "meta.json"
-    if not meta.is_file():
-        return None
-    folder = Path(json.loads(meta.read_text())["tokenizer_model"]).parent
-    return EosPrefixedTokenizer(Tokenizer.load(folder)) if folder.is_dir() else None
+    return RunTokenizer(Tokenizer.load(folder), TokenizerInfo.load(folder))
 
 
-class EosPrefixedTokenizer:
-    """A shards tokenizer as its model saw it: documents start after an EOS, never with a BOS."""
+class RunTokenizer:
+    """A run's SentencePiece tokenizer as its model saw it: ``bos_id`` is the document-start token."""
 
-    def __init__(self, inner):
-        self.inner = inner
-        self.bos_id = inner.eos_id
-        self.eos_id = inner.eos_id
+    def __init__(self, inner, info: TokenizerInfo):
+        self.inner, self.info = inner, info
+        self.bos_id = info.document_start_id
+        self.eos_id = info.eos_id
         self.processor = inner.processor
 
     def encode(self, text: str) -> list[int]:
@@ -115,9 +157,49 @@ class EosPrefixedTokenizer:
         self.inner.save_hf(out_dir)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Checkpoints: a sha256 record beside each file (CHECKSUM_SUFFIX) holds the hashes of its current and previous
+# content; it is replaced before the checkpoint itself, so a crash between the two renames leaves a pair that
+# still verifies. Zeroed or truncated bytes match neither and are refused.
+CHECKSUM_SUFFIX = ".sha256"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def verify_checkpoint(path: Path) -> None:
+    record = checksum_path(path)
+    if not record.is_file():
+        raise UserError(f"{path}: no checksum record ({record.name}) beside it; it cannot be verified "
+                        "(copy checkpoints together with their .sha256 files)")
+    if file_sha256(path) not in record.read_text().split():
+        others = good_checkpoints(path.parent, exclude=path)
+        offer = (f"; the newest intact checkpoint is {others[0]} (resume from it with ckpt={others[0]})"
+                 if others else "; no other intact checkpoint is in that folder")
+        raise UserError(f"{path} is corrupted (its sha256 matches no recorded hash){offer}")
+
+
+def good_checkpoints(folder: Path, exclude: Path | None = None) -> list[Path]:
+    """Intact checkpoints of a folder, newest first."""
+    candidates = sorted((p for p in folder.glob("*.ckpt") if p != exclude and checksum_path(p).is_file()),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+    return [p for p in candidates if file_sha256(p) in checksum_path(p).read_text().split()]
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A verified checkpoint, loaded without running pickled code."""
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    verify_checkpoint(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign file: one clear line instead of an unpickling traceback

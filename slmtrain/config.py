@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+import textwrap
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +23,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# Built-in declarations (recipes/, data_filters/, tokenizers/ of the source tree), shipped as package data.
+DECLARATIONS_DIR = Path(__file__).resolve().parent / "declarations"
 
 
 class ConfigError(ValueError):
@@ -245,15 +247,25 @@ def _number(value: Any, path: str) -> float:
 # Entry points
 
 
-def cli_main(fn: Callable[[list[str]], int | None]) -> Callable[[], None]:
-    """Wrap a launch script's ``main(argv)``: user errors print as one line and exit 2, not as a traceback."""
+def cli_main(fn: Callable[[list[str]], int | None], *options: type, doc: str | None = None) -> Callable[[], None]:
+    """Wrap a command's ``main(argv)``: ``--help`` prints ``doc`` and the keys of the ``options`` dataclasses
+    (generated from their fields); user errors print as one line and exit 2, not as a traceback."""
 
     @functools.wraps(fn)
-    def wrapper() -> None:
+    def wrapper(argv: Sequence[str] | None = None) -> None:
+        args = list(sys.argv[1:] if argv is None else argv)
+        if any(arg in ("-h", "--help", "help") for arg in args[:1]) or "--help" in args:
+            print(format_help(doc or fn.__doc__ or "", *options))
+            sys.exit(0)
         try:
-            code = fn(sys.argv[1:])
-        except (ConfigError, UserError, FileNotFoundError) as e:
+            code = fn(args)
+        except (ConfigError, UserError) as e:
             print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except OSError as e:  # a path that cannot be read or written: the path and the reason, as cp would say
+            if e.filename is None:
+                raise
+            print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
@@ -261,6 +273,74 @@ def cli_main(fn: Callable[[list[str]], int | None]) -> Callable[[], None]:
         sys.exit(code or 0)
 
     return wrapper
+
+
+# --------------------------------------------------------------------------------------------------------------
+# --help, generated from the option dataclasses: each field's type, default and its trailing ``# comment``
+
+
+def format_help(doc: str, *options: type) -> str:
+    """``doc`` (the command's synopsis) followed by one line per key of the option dataclasses."""
+    rows = [row for cls in options for row in describe_options(cls)]
+    width = max((len(key) for key, *_ in rows), default=0)
+    lines = [doc.strip("\n"), ""]
+    if rows:
+        lines.append("keys (key=value; nested keys as a.b=value):")
+        for key, kind, default, text in rows:
+            lines.append(f"  {key:<{width}}  {kind}{f' = {default}' if default else ''}{f'  -- {text}' if text else ''}")
+    return "\n".join(lines)
+
+
+def describe_options(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, one-line help) for every init field of a dataclass, nested dataclasses flattened."""
+    hints = get_type_hints(cls)
+    comments = field_comments(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        key, tp = f"{prefix}{f.name}", hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += describe_options(tp, key + ".")
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default) if isinstance(f.default, str) else str(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = str(f.default_factory())
+        else:
+            default = "(required)"
+        rows.append((key, type_name(tp), default, comments.get(f.name, "")))
+    return rows
+
+
+def type_name(tp: Any) -> str:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Literal:
+        return "|".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in args if a is not type(None)) + (" or none" if type(None) in args else "")
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(type_name(a) for a in args)}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+@functools.cache
+def field_comments(cls: type) -> dict[str, str]:
+    """Field name -> the comment on its line of the class body (its one-line help)."""
+    import ast
+    import inspect
+    import io
+    import tokenize
+
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    by_line = {tok.start[0]: tok.string.lstrip("#").strip()
+               for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    body = ast.parse(source).body[0]
+    return {node.target.id: by_line[node.lineno] for node in getattr(body, "body", [])
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.lineno in by_line}
 
 
 def split_args(argv: Sequence[str], positional: int = 0) -> tuple[list[str], dict[str, Any]]:

@@ -21,10 +21,10 @@ from typing import Any, Literal
 import sentencepiece as spm
 
 from slmtrain.config import (
-    REPO_ROOT, ConfigError, UserError, build, check_choice, load_declaration, merge, require, to_dict,
+    DECLARATIONS_DIR, ConfigError, UserError, build, check_choice, load_declaration, merge, require, to_dict,
 )
 
-TOKENIZERS_DIR = REPO_ROOT / "tokenizers"
+TOKENIZERS_DIR = DECLARATIONS_DIR / "tokenizers"  # specs only: trained tokenizers live with their shards
 MODEL_FILE = "tokenizer.model"
 SPEC_FILE = "spec.json"
 NORMAL_PIECE, USER_DEFINED_PIECE = 1, 4  # sentencepiece_model.proto ModelProto.SentencePiece.Type

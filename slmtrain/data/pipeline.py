@@ -48,14 +48,14 @@ from datatrove.pipeline.formatters import PIIFormatter
 from datatrove.pipeline.readers import ParquetReader, WarcReader
 from datatrove.pipeline.writers import JsonlWriter
 
-from slmtrain.config import REPO_ROOT, ConfigError, UserError, build, load_declaration, merge
+from slmtrain.config import DECLARATIONS_DIR, ConfigError, UserError, build, load_declaration, merge
 from slmtrain.data.filters.embedding_quality import EmbeddingQualityFilter
 from slmtrain.data.filters.fasttext_quality import FastTextQualityFilter, train_fasttext_classifier
 from slmtrain.data.filters.inputs import HtmlFolderReader, RecordingJsonlReader, RecordRemovals
 from slmtrain.data.filters.offline import OfflineLanguageFilter, OfflineURLFilter
 from slmtrain.data.filters.perplexity import PerplexityFilter
 
-FILTERS_DIR = REPO_ROOT / "data_filters"
+FILTERS_DIR = DECLARATIONS_DIR / "data_filters"
 EXECUTORS = ("local", "slurm", "ray")
 
 # Steps that remove documents and take an ``exclusion_writer``.

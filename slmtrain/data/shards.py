@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 
 from slmtrain.config import ConfigError, UserError, require, to_dict
-from slmtrain.tokenizer import MODEL_FILE, SPEC_FILE, TOKENIZERS_DIR, Tokenizer, load_spec, train_tokenizer
+from slmtrain.tokenizer import MODEL_FILE, SPEC_FILE, Tokenizer, load_spec, train_tokenizer
 
 SPLITS = ("train", "val")
 INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -307,14 +307,14 @@ def prepare_shards(tokenizer: str | Path, input: str | Path, output: str | Path,
     """Train the tokenizer on a sample of the input when not trained yet (or ``retrain``), then write shards.
 
     ``tokenizer`` is a spec name (``tokenizers/NAME.yaml``), a spec .yaml path, or a trained tokenizer folder.
-    The trained model lives in ``tokenizer_dir`` (default ``tokenizers/NAME/``).
+    The trained model lives in ``tokenizer_dir`` (default ``OUTPUT/tokenizer``: shards carry their tokenizer).
     """
     files = find_input_files(input)
     trained_folder = Path(tokenizer)
     if (trained_folder / MODEL_FILE).is_file() and tokenizer_dir is None and not retrain:
         folder = trained_folder
     else:
-        folder = Path(tokenizer_dir) if tokenizer_dir else TOKENIZERS_DIR / Path(str(tokenizer)).stem
+        folder = Path(tokenizer_dir) if tokenizer_dir else Path(output) / "tokenizer"
     trained = retrain or not (folder / MODEL_FILE).is_file()
     if trained:
         spec = load_spec(tokenizer)
@@ -365,7 +365,7 @@ class TokenSplit:
 def load_meta(shards_dir: str | Path) -> dict[str, Any]:
     meta_file = Path(shards_dir) / META_FILE
     if not meta_file.is_file():
-        raise FileNotFoundError(f"{meta_file} not found: not a finished shards folder (run launch/tokenize.py)")
+        raise FileNotFoundError(f"{meta_file} not found: not a finished shards folder (run launch/tokenize_data.py)")
     return json.loads(meta_file.read_text())
 
 

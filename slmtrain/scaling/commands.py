@@ -22,7 +22,7 @@ class FitOptions:
     drop_highest: int = 0  # Besiroglu et al. drop the 5 highest-loss runs of the Chinchilla data
     bootstrap: int = 200
     seed: int = 0
-    plot: str = "scaling_fit.png"  # '' for none
+    plot: str = ""  # a PNG path; default RUN_DIR/scaling_fit.png when runs= is one folder, else no plot
     format: str = "text"
 
     def __post_init__(self) -> None:
@@ -47,8 +47,9 @@ def run_fit(options: dict[str, Any]) -> dict[str, Any]:
         out["isoflop"] = isoflop_fit(runs).to_dict()
     except UserError as e:  # the runs need not form IsoFLOP groups; say why Approach 2 was skipped
         out["isoflop"] = {"skipped": str(e)}
-    if opts.plot:
-        out["plot"] = str(plot_fit(result.law, runs, Path(opts.plot)))
+    plot = opts.plot or (str(Path(opts.runs) / "scaling_fit.png") if Path(opts.runs).is_dir() else "")
+    if plot:
+        out["plot"] = str(plot_fit(result.law, runs, Path(plot)))
     return out
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import signal
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -28,6 +31,54 @@ class PeakFlops:
         if self.cpu is not None:
             return self.cpu.utilisation(achieved_flops / self.world_size)
         return achieved_flops / (self.per_device * self.world_size)
+
+
+class GracefulStop(pl.Callback):
+    """SIGINT / SIGTERM (Ctrl-C, a scheduler's preemption) end the run after the current optimizer step, with a
+    checkpoint of that step, so nothing done is lost and the resume is exact. A second signal aborts at once."""
+
+    def __init__(self, checkpoint: Path):
+        self.checkpoint = checkpoint
+        self.signal_name = ""
+        self.previous: dict[int, Any] = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self.previous[number] = signal.signal(number, self._request)
+
+    def _request(self, number: int, frame: Any) -> None:
+        self.signal_name = signal.Signals(number).name
+        signal.signal(number, self.previous.get(number, signal.SIG_DFL))  # the next one is not deferred
+        print(f"\n{self.signal_name}: stopping after this step (send it again to abort)", flush=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.signal_name and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+            trainer.save_checkpoint(self.checkpoint, weights_only=False)
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        self.previous = {}
+
+
+def quiet_lightning(log_file: Path) -> None:
+    """Lightning's informational logging (devices, model summary notices, checkpoint paths) and Python warnings
+    (Lightning's hints about srun, dataloader workers, deprecations inside its own code) go to the run's log file;
+    the terminal keeps the progress bar, errors and results. ``verbose=true`` leaves everything on the terminal."""
+    import logging
+
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.captureWarnings(True)
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "py.warnings"):
+        logger = logging.getLogger(name)
+        logger.handlers = [h for h in logger.handlers if not isinstance(h, logging.FileHandler)] + [handler]
+        for h in logger.handlers:
+            if not isinstance(h, logging.FileHandler):
+                h.setLevel(logging.WARNING)
+        logger.propagate = False
 
 
 class MetricsLogger(pl.Callback):

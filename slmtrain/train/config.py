@@ -3,27 +3,28 @@ plus ``key.sub=value`` command-line overrides, validated at load time."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from slmtrain.config import REPO_ROOT, ConfigError, build, load_declaration, merge, require
+from slmtrain.config import DECLARATIONS_DIR, ConfigError, _coerce, build, load_declaration, merge, require
 from slmtrain.model import presets
 from slmtrain.model.config import ModelConfig
 
-RECIPES_DIR = REPO_ROOT / "recipes"
+RECIPES_DIR = DECLARATIONS_DIR / "recipes"
 
 
 @dataclass
 class DataConfig:
-    shards: str = "runs/data/demo/shards"  # token shards written by launch/tokenize.py (train/ and val/ splits)
+    shards: str = "runs/data/demo/shards"  # token shards written by launch/tokenize_data.py (train/ and val/ splits)
     seq_len: int = 256
     document_mask: bool = False  # no attention across the documents packed into one sample
     build: Literal["none", "demo"] = "none"  # build the shards when missing: "demo" runs curation + tokenizer
     curated: str = "runs/data/demo/curated"  # where "build" writes the curated text
     tokenizer: str = "demo"  # tokenizers/NAME.yaml used by "build"
-    tokenizer_dir: str | None = None  # where "build" keeps the trained tokenizer; None: tokenizers/NAME/
+    tokenizer_dir: str | None = None  # where "build" keeps the trained tokenizer; None: SHARDS/tokenizer
     num_workers: int = 0
     val_samples: int = 64  # validation samples per evaluation (the first ones of the val split, always the same)
 
@@ -102,6 +103,9 @@ class TrainConfig:
     log_every_n_steps: int = 10
     val_every_n_steps: int = 100
     ckpt_every_n_steps: int = 100
+    keep_checkpoints: int = 2  # step checkpoints kept beside last.ckpt (older intact ones to fall back on)
+    resume_with_changes: bool = False  # ckpt=last with other schedule/data/model settings than the run's
+    verbose: bool = False  # Lightning's own logging on the terminal (else it goes to RUN_DIR/train.log)
     nan_policy: Literal["stop", "skip"] = "stop"  # skip: a non-finite micro-batch adds no gradient (with
     # accumulation the step then averages over the other micro-batches, scaled by (accumulate - 1) / accumulate)
     max_nan_skips: int = 10
@@ -115,12 +119,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         try:
-            self.model_config  # resolves and validates the preset and its overrides
+            model_config = self.model_config  # resolves and validates the preset and its overrides
         except ConfigError as e:
             raise e.under("model") from None
+        require(self.data.seq_len <= model_config.max_seq_len, "data.seq_len",
+                f"{self.data.seq_len} exceeds the model's context (model.max_seq_len={model_config.max_seq_len}); "
+                f"lower data.seq_len or raise model.max_seq_len")
+        require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         for key in ("log_every_n_steps", "val_every_n_steps", "ckpt_every_n_steps"):
             require(getattr(self, key) > 0, key, "must be positive")
         require(0 < self.mfu_assumed <= 1, "mfu_assumed", "must be in (0, 1]")
+        validate_trainer_args(self.trainer)
         for logger in self.loggers:
             require(logger in ("csv", "tensorboard", "wandb"), "loggers", f"unknown logger {logger!r}; valid choices: csv, tensorboard, wandb")
 
@@ -133,6 +142,53 @@ class TrainConfig:
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
 
 
+# Arguments of lightning.Trainer that slmtrain sets itself from its own keys (the key to use instead).
+TRAINER_ARGS_OWNED = {"precision": "precision", "strategy": "strategy", "logger": "loggers", "callbacks": "",
+                      "plugins": "", "default_root_dir": "run_dir", "accumulate_grad_batches": "batch.tokens",
+                      "val_check_interval": "val_every_n_steps", "log_every_n_steps": "log_every_n_steps",
+                      "use_distributed_sampler": ""}
+SIMPLE_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+@functools.cache
+def trainer_parameters() -> dict[str, str]:
+    """lightning.Trainer's keyword arguments and their annotations, read from its source without importing
+    Lightning (a config error must cost no start-up)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("lightning")
+    if spec is None or spec.origin is None:
+        raise ConfigError("trainer", "lightning is not installed")
+    source = Path(spec.origin).parent / "pytorch" / "trainer" / "trainer.py"
+    tree = ast.parse(source.read_text())
+    trainer = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
+    init = next(n for n in trainer.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    return {a.arg: ast.unparse(a.annotation) if a.annotation else "Any" for a in init.args.kwonlyargs + init.args.args
+            if a.arg != "self"}
+
+
+def validate_trainer_args(args: dict[str, Any]) -> None:
+    """Every ``trainer.KEY`` is a lightning.Trainer argument not owned by slmtrain, and a value of a simple declared
+    type (int, float, bool, str, optionally None) has that type; values are coerced in place."""
+    parameters = trainer_parameters()
+    for key, value in list(args.items()):
+        path = f"trainer.{key}"
+        if key in TRAINER_ARGS_OWNED:
+            instead = TRAINER_ARGS_OWNED[key]
+            raise ConfigError(path, "set by slmtrain itself" + (f"; use {instead}= instead" if instead else ""))
+        if key not in parameters:
+            valid = sorted(k for k in parameters if k not in TRAINER_ARGS_OWNED)
+            raise ConfigError(path, f"not a lightning.Trainer argument; valid keys: {', '.join(valid)}")
+        names = [n.strip() for n in parameters[key].replace("Optional[", "").replace("Union[", "")
+                 .replace("]", "").split(",")]
+        if all(n in SIMPLE_TYPES or n == "None" for n in names):
+            declared = [SIMPLE_TYPES[n] for n in names if n in SIMPLE_TYPES]
+            optional = "None" in names or "Optional" in parameters[key]
+            args[key] = _coerce(declared[0] if len(declared) == 1 and not optional
+                                else (declared[0] | None if len(declared) == 1 else Any), value, path)
+
+
 def recipe_names() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if not p.stem.startswith("_"))
 
@@ -140,6 +196,9 @@ def recipe_names() -> list[str]:
 def load_recipe(name: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """recipes/NAME.yaml (default ``demo``) with ``base:`` chains resolved, then overrides, as a TrainConfig."""
     data = load_declaration("recipe", name or "demo", RECIPES_DIR)
+    given_data = (overrides or {}).get("data", {})
+    if isinstance(given_data, dict) and "shards" in given_data and "build" not in given_data:
+        data.setdefault("data", {})["build"] = "none"  # the recipe's demo build only fills the recipe's own path
     data = merge(data, overrides or {})
     data.setdefault("name", Path(name or "demo").stem)
     return build(TrainConfig, data)

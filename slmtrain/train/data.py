@@ -118,23 +118,10 @@ class ShardsDataModule(pl.LightningDataModule):
         )
 
 
-def ensure_shards(config: DataConfig, workers: int = 1) -> Path:
-    """The shards folder, built first when missing and ``config.build`` says how (the demo: curate + tokenize)."""
+def require_shards(config: DataConfig) -> Path:
+    """The shards folder; training never builds data (see slmtrain.orchestrate for the demo build)."""
     shards = Path(config.shards)
-    if (shards / "meta.json").is_file():
-        return shards
-    if config.build == "none":
-        raise UserError(
-            f"no token shards at {shards} (meta.json missing): run launch/curate.py and launch/tokenize.py, "
-            "or set data.shards=PATH"
-        )
-    from slmtrain.data.pipeline import run_pipeline
-    from slmtrain.data.shards import prepare_shards
-
-    curated = Path(config.curated)
-    print(f"building the demo corpus: curation -> {curated}", flush=True)
-    run_pipeline("demo", None, curated, workers=workers)
-    print(f"training the '{config.tokenizer}' tokenizer and writing shards -> {shards}", flush=True)
-    prepare_shards(config.tokenizer, curated, shards, workers=workers, val_fraction=0.02,
-                   tokenizer_dir=config.tokenizer_dir)
+    if not (shards / "meta.json").is_file():
+        raise UserError(f"no token shards at {shards} (meta.json missing): run launch/curate.py and "
+                        "launch/tokenize_data.py, or set data.shards=PATH")
     return shards

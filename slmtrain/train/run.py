@@ -5,18 +5,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from slmtrain.artifacts import (CHECKPOINTS, HF_EXPORT, LAST_CHECKPOINT, RUN_TOKENIZER, TRAIN_CONFIG, TokenizerInfo,
+                                good_checkpoints, run_tokenizer, verify_checkpoint)
 from slmtrain.config import ConfigError, UserError
 from slmtrain.model.config import ModelConfig
 from slmtrain.hardware import gpu_bf16_peaks
 from slmtrain.train.config import TrainConfig
 
-LAST_CHECKPOINT = "checkpoints/last.ckpt"
 
 
 def world_size(trainer_args: dict[str, Any]) -> int:
@@ -46,7 +49,43 @@ def gradient_accumulation(config: TrainConfig, world: int) -> int:
     return config.batch.tokens // per_pass
 
 
-def plan(config: TrainConfig, model_config: ModelConfig | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Plan:
+    """What a run will do, with the reasoning behind its token budget (RUN_DIR/plan.json, ``dry_run=json``)."""
+
+    name: str
+    params: int
+    non_embedding_params: int
+    tokens: int
+    tokens_per_param: float
+    steps: int
+    batch_tokens: int
+    seq_len: int
+    train_flops_per_token: float
+    train_flops: float
+    gpu: str
+    mfu_assumed: float
+    gpu_hours: float
+    budget_policy: str
+    budget_reasoning: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def format(self) -> str:
+        return "\n".join([
+            f"run            {self.name}",
+            f"parameters     {self.params:,} ({self.non_embedding_params:,} non-embedding)",
+            f"token budget   {self.tokens:,.0f} ({self.tokens_per_param:.1f} tokens/param, policy {self.budget_policy})",
+            f"steps          {self.steps:,} x {self.batch_tokens:,} tokens (seq_len {self.seq_len})",
+            f"compute        {self.train_flops:.3e} FLOPs ({self.train_flops_per_token:.3e}/token)",
+            f"estimate       {self.gpu_hours:,.1f} {self.gpu} GPU-hours at {self.mfu_assumed:.0%} MFU",
+            "budget reasoning:",
+            *(f"  - {line}" for line in self.budget_reasoning),
+        ])
+
+
+def plan(config: TrainConfig, model_config: ModelConfig | None = None) -> Plan:
     """What the run will do, with the reasoning behind its token budget."""
     from slmtrain.scaling.budget import choose_tokens
 
@@ -68,61 +107,39 @@ def plan(config: TrainConfig, model_config: ModelConfig | None = None) -> dict[s
     peak = gpu_bf16_peaks().get(config.gpu)
     if peak is None:
         raise ConfigError("gpu", f"unknown GPU {config.gpu!r}; valid choices: {', '.join(gpu_bf16_peaks())}")
-    return {
-        "name": config.name,
-        "params": mc.params(),
-        "non_embedding_params": mc.non_embedding_params(),
-        "tokens": tokens,
-        "tokens_per_param": tokens / mc.params(),
-        "steps": steps,
-        "batch_tokens": config.batch.tokens,
-        "seq_len": config.data.seq_len,
-        "train_flops_per_token": mc.train_flops_per_token(config.data.seq_len),
-        "train_flops": flops,
-        "gpu": config.gpu,
-        "mfu_assumed": config.mfu_assumed,
-        "gpu_hours": flops / (peak * config.mfu_assumed) / 3600,
-        "budget_policy": budget.policy,
-        "budget_reasoning": reasoning,
-    }
+    return Plan(config.name, mc.params(), mc.non_embedding_params(), tokens, tokens / mc.params(), steps,
+                config.batch.tokens, config.data.seq_len, mc.train_flops_per_token(config.data.seq_len), flops,
+                config.gpu, config.mfu_assumed, flops / (peak * config.mfu_assumed) / 3600, budget.policy, reasoning)
 
 
-def format_plan(p: dict[str, Any]) -> str:
-    lines = [
-        f"run            {p['name']}",
-        f"parameters     {p['params']:,} ({p['non_embedding_params']:,} non-embedding)",
-        f"token budget   {p['tokens']:,.0f} ({p['tokens_per_param']:.1f} tokens/param, policy {p['budget_policy']})",
-        f"steps          {p['steps']:,} x {p['batch_tokens']:,} tokens (seq_len {p['seq_len']})",
-        f"compute        {p['train_flops']:.3e} FLOPs ({p['train_flops_per_token']:.3e}/token)",
-        f"estimate       {p['gpu_hours']:,.1f} {p['gpu']} GPU-hours at {p['mfu_assumed']:.0%} MFU",
-        "budget reasoning:",
-        *(f"  - {line}" for line in p["budget_reasoning"]),
-    ]
-    return "\n".join(lines)
-
-
-def train(config: TrainConfig, resume: bool = False, callbacks: list | None = None) -> dict[str, Any]:
+def train(config: TrainConfig, resume: bool | str | Path = False, callbacks: list | None = None) -> dict[str, Any]:
     """Fit the model on the shards; checkpoint, export and sample at the end. Returns the final metrics.
-    ``callbacks``: extra Lightning callbacks (the library's users' own)."""
+    ``resume``: True (or "last") for RUN_DIR/checkpoints/last.ckpt, or a checkpoint path of the run.
+    ``callbacks``: extra Lightning callbacks (the library's users' own). SIGINT/SIGTERM stop the run after the
+    current optimizer step with a checkpoint (:class:`RunInterrupted` says how to resume)."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from slmtrain.train.callbacks import MetricsLogger
+    from slmtrain.train.callbacks import GracefulStop, MetricsLogger, quiet_lightning
     from slmtrain.train.checkpoint import AtomicCheckpointIO
-    from slmtrain.train.data import ShardsDataModule, ensure_shards
+    from slmtrain.train.data import ShardsDataModule, require_shards
     from slmtrain.train.module import LanguageModel, NonFiniteLossError
     from slmtrain.train.parallel import compile_blocks, lightning_strategy
 
     run_dir = config.run_path
-    ckpt_path = run_dir / LAST_CHECKPOINT
-    if resume and not ckpt_path.is_file():
-        raise UserError(f"ckpt=last: no checkpoint at {ckpt_path} to resume from")
-    if not resume and ckpt_path.is_file():
+    last = run_dir / LAST_CHECKPOINT
+    resume_from = None if resume is False else last if resume in (True, "last") else Path(resume)
+    if resume_from is not None and not resume_from.is_file():
+        raise UserError(f"ckpt={resume}: no checkpoint at {resume_from} to resume from")
+    if resume_from is None and last.is_file():
         raise UserError(f"{run_dir} already holds a run: resume it with ckpt=last, or choose another run_dir=")
+    if resume_from is not None:
+        verify_checkpoint(resume_from)
+        refuse_changed_settings(config, run_dir)
     accelerator = str(config.trainer.get("accelerator", "auto"))
     if config.strategy == "fsdp" and (accelerator == "cpu" or not torch.cuda.is_available()):
         raise ConfigError("strategy", "fsdp needs GPUs (Lightning's FSDP does not run on CPU); valid choices on CPU: auto, ddp")
-    ensure_shards(config.data)
+    require_shards(config.data)
     model_config = config.model_config
     world = world_size(config.trainer)
     accumulate = gradient_accumulation(config, world)
@@ -131,22 +148,24 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
         raise ConfigError("model.vocab_size",
                           f"{model_config.vocab_size} is smaller than the shards' vocabulary ({datamodule.vocab_size})")
     the_plan = plan(config, model_config)
-    steps = the_plan["steps"]
+    steps = the_plan.steps
     pl.seed_everything(config.seed, workers=True, verbose=False)
     module = LanguageModel(config, model_config, total_steps=steps, eos_id=datamodule.eos_id)
     if config.compile:
         compile_blocks(module.model)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "plan.json").write_text(json.dumps(the_plan, indent=2))
-    # train_config.json, not config.json: a folder with config.json is a Hugging Face model to load_model
-    (run_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    write_run_identity(config, datamodule.meta, run_dir, the_plan, resumed=resume_from is not None)
+    if not config.verbose:
+        quiet_lightning(run_dir / "train.log")
     loggers = _loggers(config, run_dir)
     metrics = MetricsLogger(run_dir / "metrics.csv", config.log_every_n_steps, config.batch.tokens,
                             model_config.train_flops_per_token(config.data.seq_len),
                             progress=bool(config.trainer.get("enable_progress_bar", True)))
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+    # Step checkpoints beside last.ckpt: if one file is damaged, an older intact one is there to resume from.
+    checkpoints = ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="step{step:06d}", auto_insert_metric_name=False,
+                                  monitor="step", mode="max", save_top_k=config.keep_checkpoints, save_last=True,
                                   every_n_train_steps=config.ckpt_every_n_steps)
+    stop = GracefulStop(last)
     trainer_args = {
         "max_steps": steps,
         "max_epochs": -1,
@@ -163,23 +182,95 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
         "enable_progress_bar": False,  # MetricsLogger's bar counts optimizer steps, with tokens/s and ETA
     }
     trainer = pl.Trainer(
-        default_root_dir=run_dir, logger=loggers or False, callbacks=[metrics, checkpoints, *(callbacks or [])],
+        default_root_dir=run_dir, logger=loggers or False, callbacks=[metrics, checkpoints, stop, *(callbacks or [])],
         strategy=lightning_strategy(config.strategy), plugins=[AtomicCheckpointIO()], **trainer_args,
     )
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path if resume else None, weights_only=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     except NonFiniteLossError as e:
-        kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.is_file() else "no checkpoint was written yet"
+        good = good_checkpoints(run_dir / CHECKPOINTS)
+        kept = f"the last good checkpoint is {good[0]}" if good else "no checkpoint was written yet"
         raise UserError(f"{e}; training stopped, {kept} (nan_policy=skip skips such batches)") from None
-    trainer.save_checkpoint(ckpt_path)
+    if stop.signal_name:
+        raise RunInterrupted(stop.signal_name, trainer.global_step, last)
+    trainer.save_checkpoint(last, weights_only=False)  # the full state: optimizer, schedule, loops
     result = {"steps": trainer.global_step, "tokens": trainer.global_step * config.batch.tokens}
     validation = trainer.validate(module, datamodule=datamodule, verbose=False, weights_only=True)
     if validation and "val_loss" in validation[0]:  # none without a val split or val_samples
         result["val_loss"] = float(validation[0]["val_loss"])
         result["val_unigram_entropy"] = unigram_entropy(datamodule.val_split)
     if trainer.is_global_zero:
-        _finish(config, module, datamodule.meta, run_dir, result)
+        _finish(config, module, run_dir, result)
     return result
+
+
+class RunInterrupted(UserError):
+    """SIGINT/SIGTERM stopped the run after a completed optimizer step, whose checkpoint was written."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Path):
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(f"{signal_name}: stopped after step {step}; checkpoint written to {checkpoint}. Resume with "
+                         f"the same command and ckpt=last")
+
+
+# Settings a resumed run may change: they do not alter what is trained or in which order.
+RESUMABLE_CHANGES = {
+    "name", "run_dir", "loggers", "wandb_project", "log_every_n_steps", "val_every_n_steps", "ckpt_every_n_steps",
+    "keep_checkpoints", "samples", "sample_tokens", "export_hf", "gpu", "mfu_assumed", "verbose", "compile",
+    "resume_with_changes", "nan_policy", "max_nan_skips", "data.shards", "data.curated", "data.build",
+    "data.tokenizer", "data.tokenizer_dir", "data.num_workers", "data.val_samples", "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+}
+
+
+def refuse_changed_settings(config: TrainConfig, run_dir: Path) -> None:
+    """Resuming with other schedule-, data- or model-affecting settings would silently train something else."""
+    saved_path = run_dir / TRAIN_CONFIG
+    if config.resume_with_changes or not saved_path.is_file():
+        return
+    saved, current = _flatten(json.loads(saved_path.read_text())), _flatten(dataclasses.asdict(config))
+    changed = sorted(k for k in saved.keys() | current.keys()
+                     if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        raise ConfigError(changed[0], f"differs from the run being resumed ({details}); resume with the run's "
+                                      "settings, or pass resume_with_changes=true to accept the change")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def write_run_identity(config: TrainConfig, meta: dict[str, Any], run_dir: Path, the_plan: Plan,
+                       resumed: bool) -> None:
+    """What makes RUN_DIR self-contained: the resolved config, the plan, and a copy of the shards' tokenizer with
+    the special ids the model trains with. A resumed run checks that the shards use the run's tokenizer."""
+    folder = run_dir / RUN_TOKENIZER
+    source = Path(meta["tokenizer_model"])
+    if resumed and (folder / source.name).is_file():
+        from slmtrain.tokenizer import Tokenizer
+
+        if Tokenizer.load(folder).sha256 != meta["tokenizer_sha256"]:
+            raise UserError(f"{config.data.shards} was tokenized with another tokenizer than the run's ({folder})")
+    if not source.is_file():
+        raise UserError(f"{config.data.shards}/meta.json names tokenizer {source}, which does not exist")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(exist_ok=True)
+        for file in source.parent.iterdir():
+            if file.is_file():
+                shutil.copy2(file, folder / file.name)
+        TokenizerInfo.for_shards(meta).save(folder)
+        (run_dir / "plan.json").write_text(json.dumps(the_plan.to_dict(), indent=2))
+        (run_dir / TRAIN_CONFIG).write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    except OSError as e:
+        raise UserError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
 
 
 def unigram_entropy(split) -> float:
@@ -191,25 +282,23 @@ def unigram_entropy(split) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def _finish(config: TrainConfig, module, meta: dict[str, Any], run_dir: Path, result: dict[str, Any]) -> None:
-    """HF export with the tokenizer, a few samples printed, the result recorded."""
+def _finish(config: TrainConfig, module, run_dir: Path, result: dict[str, Any]) -> None:
+    """HF export with the run's tokenizer, a few samples printed, the result recorded."""
     from slmtrain.model.formats.hf import export_hf
-    from slmtrain.tokenizer import Tokenizer
 
     model = module.model.float().eval()
-    tokenizer_dir = Path(meta["tokenizer_model"]).parent
-    tokenizer = Tokenizer.load(tokenizer_dir) if tokenizer_dir.is_dir() else None
-    # Every document in the shards follows an EOS, so EOS is the token this model knows as "a document starts".
+    tokenizer = run_tokenizer(run_dir)
     if config.export_hf:
-        export_hf(model, run_dir / "hf", tokenizer, bos_id=meta["eos_id"], eos_id=meta["eos_id"])
-        result["hf_export"] = str(run_dir / "hf")
+        export_hf(model, run_dir / HF_EXPORT, tokenizer.inner, bos_id=tokenizer.info.document_start_id,
+                  eos_id=tokenizer.info.eos_id)
+        result["hf_export"] = str(run_dir / HF_EXPORT)
     samples = []
     if tokenizer is not None:
         generator = torch.Generator().manual_seed(config.seed)
         device = next(model.parameters()).device
         for prompt in ("The", "def ", "In this section")[: config.samples]:
-            ids = torch.tensor([[meta["eos_id"], *tokenizer.encode(prompt)]], device=device)
-            out = model.generate(ids, config.sample_tokens, temperature=0.8, top_k=50, eos_id=meta["eos_id"],
+            ids = torch.tensor([[tokenizer.bos_id, *tokenizer.encode(prompt)]], device=device)
+            out = model.generate(ids, config.sample_tokens, temperature=0.8, top_k=50, eos_id=tokenizer.eos_id,
                                  generator=generator)
             samples.append(tokenizer.decode(out[0, ids.shape[1]:].tolist()))
             print(f"--- sample: {prompt!r}\n{prompt}{samples[-1]}\n")

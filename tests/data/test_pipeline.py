@@ -11,7 +11,8 @@ import orjson
 import pytest
 from pydoc_data.topics import topics
 
-from slmtrain.config import REPO_ROOT, ConfigError, UserError
+from slmtrain.config import ConfigError, UserError
+from tests.paths import REPO_ROOT
 from slmtrain.data.pipeline import load_pipeline_config, run_pipeline
 
 PROSE = sorted((text for text in topics.values() if len(text) > 3_000), key=len)

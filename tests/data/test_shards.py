@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pydoc_data.topics
 import pytest
 
-from slmtrain.config import REPO_ROOT, UserError
+from slmtrain.config import UserError
+from tests.paths import REPO_ROOT
 from slmtrain.data.shards import (
     InputCounts, _SplitWriter, find_input_files, is_val_document, open_datatrove, open_split, prepare_shards,
     read_texts, token_dtype, verify_split, write_shards,
@@ -189,7 +190,7 @@ def test_launch_script(curated: Path, tmp_path: Path) -> None:
     spec = tmp_path / "tiny.yaml"
     spec.write_text("vocab_size: 800\nsample_sentences: 5000\n")
     env = {**os.environ, "PYTHONPATH": ""}
-    command = [sys.executable, str(REPO_ROOT / "launch" / "tokenize.py"), f"tokenizer={spec}", f"input={curated}",
+    command = [sys.executable, str(REPO_ROOT / "launch" / "tokenize_data.py"), f"tokenizer={spec}", f"input={curated}",
                f"output={tmp_path / 'out'}", f"tokenizer_dir={tmp_path / 'tok'}", "workers=2"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr

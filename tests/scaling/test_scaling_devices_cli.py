@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slmtrain.config import REPO_ROOT, ConfigError, UserError
+from slmtrain.config import ConfigError, UserError
+from tests.paths import REPO_ROOT
 from slmtrain.model import presets
 from slmtrain.hardware import DEVICES
 from slmtrain.scaling.devices import Deployment, plan_for_device, shape_ladder
@@ -106,15 +106,6 @@ def test_cli_budget_and_fit_json(tmp_path: Path) -> None:
     assert (tmp_path / "fit.png").is_file()
 
 
-def load_launch_script():
-    spec = importlib.util.spec_from_file_location("launch_scaling", Path(REPO_ROOT) / "launch/scaling.py")
-    module = importlib.util.module_from_spec(spec)
-    saved = list(sys.path)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    sys.path[:] = saved  # the script rewrites sys.path[0] for its own process
-    return module
-
-
 @pytest.mark.parametrize(("args", "message"), [
     (("budget", "target_loss=1.5"), "target_loss: must exceed the irreducible loss"),
     (("budget", "compute=1e20", "bogus=1"), "bogus: unknown key"),
@@ -122,11 +113,11 @@ def load_launch_script():
     (("fit", "runs=/nonexistent.csv"), "runs not found"),
     (("sweep", "recipe=nope"), "unknown recipe 'nope'"),
 ])
-def test_cli_errors_are_one_line(args: tuple[str, ...], message: str, monkeypatch, capsys) -> None:
-    launch = load_launch_script()
-    monkeypatch.setattr(sys, "argv", ["scaling.py", *args])
+def test_cli_errors_are_one_line(args: tuple[str, ...], message: str, capsys) -> None:
+    from slmtrain.cli.scaling import main
+
     with pytest.raises(SystemExit) as exit_code:
-        launch.cli_main(launch.main)()
+        main(list(args))
     assert exit_code.value.code == 2
     stderr = capsys.readouterr().err
     assert message in stderr and len(stderr.strip().splitlines()) == 1

@@ -9,14 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import slmtrain.config
 from slmtrain.config import ConfigError, UserError
 from slmtrain.scaling.fit import fit, isoflop_fit
 from slmtrain.scaling.laws import PUBLISHED
 from slmtrain.scaling.runs import Runs, read_runs
+from tests.paths import shared_scaling_file
 
-DATA = Path(slmtrain.config.REPO_ROOT).parent / "shared/data/scaling"
-CHINCHILLA_CSV = DATA / "chinchilla_svg_extracted.csv"
 
 
 def synthetic_runs(noise: float = 0.0, seed: int = 0) -> Runs:
@@ -61,10 +59,9 @@ def test_fewer_runs_than_parameters() -> None:
         fit(synthetic_runs(), method="kaplan")
 
 
-@pytest.mark.skipif(not CHINCHILLA_CSV.is_file(), reason=f"published data absent: {CHINCHILLA_CSV}")
 @pytest.mark.parametrize("method", ["chinchilla", "epoch"])
 def test_reproduces_epoch_replication(method: str) -> None:
-    runs = read_runs(CHINCHILLA_CSV)
+    runs = read_runs(shared_scaling_file("chinchilla_svg_extracted.csv"))
     assert len(runs) == 245
     runs = runs.drop_highest_loss(5)
     started = time.perf_counter()

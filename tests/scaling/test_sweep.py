@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from slmtrain.scaling.sweep import run_sweep
+from slmtrain.orchestrate import run_sweep
 
 
 def test_sweep_trains_grid_then_fits_and_resumes(shards, tmp_path):

@@ -142,7 +142,7 @@ def test_every_recipe_loads_and_plans():
     assert {"demo", "1b_overtrain", "125m_deepthin", "350m_deepthin", "chinchilla"} <= set(recipe_names())
     for name in recipe_names():
         p = plan(load_recipe(name))
-        assert p["params"] > 0 and p["tokens"] > 0 and p["steps"] > 0
+        assert p.params > 0 and p.tokens > 0 and p.steps > 0
 
 
 def test_1b_overtrain_dry_run_shows_size_and_budget():
@@ -226,15 +226,109 @@ def test_missing_demo_shards_are_built_by_curation_and_tokenizer(tmp_path, monke
     import functools
 
     import slmtrain.data.demo as demo
-    from slmtrain.train.data import ensure_shards
+    from slmtrain.orchestrate import ensure_data
+    from slmtrain.train.data import require_shards
 
     monkeypatch.setattr(demo, "write_demo_documents", functools.partial(demo.write_demo_documents, target_chars=600_000))
     config = load_recipe("demo", {"data": {"shards": str(tmp_path / "shards"), "curated": str(tmp_path / "curated"),
-                                           "tokenizer_dir": str(tmp_path / "tokenizer")}}).data
-    shards = ensure_shards(config)
+                                           "build": "demo"}}).data
+    shards = ensure_data(config)
     meta = json.loads((shards / "meta.json").read_text())
     assert meta["vocab_size"] == 4096 and meta["splits"]["train"]["tokens"] > 100_000
     assert json.loads((tmp_path / "curated" / "stats.json").read_text())["totals"]["balanced"]
-    assert ensure_shards(config) == shards  # present now: nothing is rebuilt
+    assert ensure_data(config) == shards  # present now: nothing is rebuilt
+    assert (shards / "tokenizer" / "tokenizer.model").is_file()  # the shards carry their tokenizer
     with pytest.raises(UserError, match="no token shards"):
-        ensure_shards(load_recipe("demo", {"data": {"shards": str(tmp_path / "none"), "build": "none"}}).data)
+        require_shards(load_recipe("demo", {"data": {"shards": str(tmp_path / "none"), "build": "none"}}).data)
+
+
+def test_a_given_shards_path_is_never_built(tmp_path):
+    """Naming data.shards without data.build turns the recipe's demo build off: nothing is created there."""
+    from slmtrain.orchestrate import ensure_data
+
+    config = load_recipe("demo", {"data": {"shards": str(tmp_path / "absent" / "shards")}})
+    assert config.data.build == "none"
+    ensure_data(config.data)
+    assert not (tmp_path / "absent").exists()
+
+
+def test_sigint_writes_a_checkpoint_and_the_resume_is_exact(shards, tmp_path, uninterrupted_losses):
+    run_dir = tmp_path / "interrupted"
+    victim = _launch(shards, run_dir, "ckpt_every_n_steps=1000")  # no periodic checkpoint: only the interrupt's
+    deadline = time.time() + 300
+    while time.time() < deadline and max(train_losses(run_dir) if (run_dir / "metrics.csv").is_file() else {0: ""}) < 5:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGINT)
+    out, _ = victim.communicate(timeout=300)
+    assert victim.returncode == 130, out
+    stopped = max(train_losses(run_dir))
+    assert stopped < RUN_STEPS, "the run finished before it could be interrupted"
+    assert f"stopped after step {stopped}" in out and "ckpt=last" in out
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == stopped
+    resumed = _launch(shards, run_dir, "ckpt_every_n_steps=1000", "ckpt=last")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert train_losses(run_dir) == uninterrupted_losses
+
+
+def test_corrupted_checkpoint_is_refused_and_an_intact_one_offered(shards, tmp_path):
+    run_dir = tmp_path / "run"
+    train(tiny_recipe(shards, run_dir, budget__tokens=512 * 12, export_hf=False, samples=0))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    data = bytearray(last.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = bytes(4096)
+    last.write_bytes(bytes(data))
+    longer = dict(budget__tokens=512 * 16, export_hf=False, samples=0, resume_with_changes=True)
+    with pytest.raises(UserError, match=r"last.ckpt is corrupted .* newest intact checkpoint is .*step000012.ckpt"):
+        train(tiny_recipe(shards, run_dir, **longer), resume=True)
+    from slmtrain.artifacts import load_model
+
+    with pytest.raises(UserError, match="corrupted"):
+        load_model(last)
+    result = train(tiny_recipe(shards, run_dir, **longer), resume=run_dir / "checkpoints" / "step000012.ckpt")
+    assert result["steps"] == 16
+
+
+def test_resume_with_other_schedule_settings_is_refused(shards, tmp_path):
+    run_dir = tmp_path / "run"
+    train(tiny_recipe(shards, run_dir, budget__tokens=512 * 4, export_hf=False, samples=0))
+    with pytest.raises(ConfigError, match=r"budget.tokens: differs from the run being resumed \(budget.tokens: 2048.0 -> 4096"):
+        train(tiny_recipe(shards, run_dir, budget__tokens=512 * 8, export_hf=False, samples=0), resume=True)
+    changed = tiny_recipe(shards, run_dir, budget__tokens=512 * 8, export_hf=False, samples=0, resume_with_changes=True,
+                          log_every_n_steps=2)
+    assert train(changed, resume=True)["steps"] == 8
+
+
+def test_a_moved_run_keeps_its_tokenizer_and_loads_without_shards(tmp_path):
+    """Copy a finished run elsewhere, delete its shards and their tokenizer: it still loads, exports, evaluates."""
+    import shutil
+
+    from slmtrain.artifacts import load_model
+    from slmtrain.data.shards import prepare_shards
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    import pydoc_data.topics
+
+    (raw / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in pydoc_data.topics.topics.values()))
+    spec = tmp_path / "tok.yaml"
+    spec.write_text("kind: bpe\nvocab_size: 512\nbyte_fallback: true\nseed: 0\n")
+    prepare_shards(spec, raw, tmp_path / "shards", val_fraction=0.05)
+    train(tiny_recipe(tmp_path / "shards", tmp_path / "run", budget__tokens=512 * 4, samples=0))
+    shutil.copytree(tmp_path / "run", tmp_path / "elsewhere" / "run")
+    shutil.rmtree(tmp_path / "run")
+    shutil.rmtree(tmp_path / "shards")
+    moved = tmp_path / "elsewhere" / "run"
+    for spec_ in (moved, moved / "checkpoints" / "last.ckpt"):
+        loaded = load_model(spec_)
+        assert loaded.tokenizer is not None and loaded.tokenizer.decode(loaded.tokenizer.encode("def f(x):")) == "def f(x):"
+        assert loaded.tokenizer.bos_id == loaded.tokenizer.eos_id  # documents start after EOS, as in training
+    (tmp_path / "held_out.txt").write_text("The for statement is used to iterate over the elements of a sequence.")
+    for command in (["export_hf.py", f"ckpt={moved / 'checkpoints' / 'last.ckpt'}", f"out={tmp_path / 'exported'}"],
+                    ["eval.py", f"model={moved / 'checkpoints' / 'last.ckpt'}", f"text={tmp_path / 'held_out.txt'}"],
+                    ["bench_device.py", f"model={moved}", "prompt=16", "gen=4", "repeats=1", "format=json"]):
+        proc = subprocess.run([sys.executable, str(REPO / "launch" / command[0]), *command[1:]], capture_output=True,
+                              text=True, cwd=tmp_path, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "exported").config.vocab_size == 512

@@ -1,21 +1,16 @@
 """Train a tokenizer on a sample of curated text (unless already trained), then encode it into token shards.
 
-    python launch/tokenize.py tokenizer=demo input=out/curated output=out/shards [workers=2 val_fraction=0.01
+    python launch/tokenize_data.py tokenizer=demo input=out/curated output=out/shards [workers=2 val_fraction=0.01
                               retrain=false tokenizer_dir=PATH]
 """
 
 from __future__ import annotations
 
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-_repo = Path(__file__).resolve().parent.parent  # launch/ leaves the path: launch/tokenize.py would shadow the stdlib
-sys.path[:] = [str(_repo)] + [p for p in sys.path if Path(p or ".").resolve() != _repo / "launch"]
-
-from dataclasses import dataclass  # noqa: E402
-
-from slmtrain.config import build, cli_main, split_args  # noqa: E402
-from slmtrain.data.shards import prepare_shards  # noqa: E402
+from slmtrain.config import build, cli_main, split_args
+from slmtrain.data.shards import prepare_shards
 
 
 @dataclass
@@ -29,7 +24,7 @@ class Args:
     tokenizer_dir: Path | None = None
 
 
-def main(argv: list[str]) -> int:
+def run(argv: list[str]) -> int:
     _, overrides = split_args(argv)
     args = build(Args, overrides, usage="tokenizer=NAME input=CURATED output=SHARDS [workers=N ...]")
     stats = prepare_shards(args.tokenizer, args.input, args.output, args.workers, args.val_fraction, args.retrain,
@@ -48,5 +43,4 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    cli_main(main)()
+main = cli_main(run, Args, doc=__doc__)
