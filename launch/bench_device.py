@@ -59,13 +59,14 @@ def main(argv: list[str]) -> int:
     import torch
 
     from slmtrain.eval.report import append_csv, format_table, plot_runtime
-    from slmtrain.eval.runtime import bench_device, decode_vs_context
+    from slmtrain.eval.runtime import bench_device, check_lengths, decode_vs_context
     from slmtrain.hardware import get_profile
     from slmtrain.artifacts import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load_model(args.model, getattr(torch, DTYPES[args.dtype]))
+    check_lengths(loaded.model, args.prompt, args.gen, args.depth)
     try:
         model = loaded.model.to(torch.device(args.device))
     except (RuntimeError, AssertionError) as e:  # unknown or unavailable device: torch's own message, one line

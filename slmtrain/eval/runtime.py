@@ -202,16 +202,21 @@ def predicted_prefill_tokens_per_s(model: Transformer, profile: DeviceProfile, p
     return profile.peak_flops[precision] / model.config.inference_flops_per_token(prompt // 2)
 
 
-def bench_device(model: Transformer, prompt: int = 512, gen: int = 128, depth: int = 0, repeats: int = 5,
-                 warmup: int = 1, profile: DeviceProfile | None = None) -> dict[str, Any]:
-    """pp{prompt} / tg{gen} at ``depth``, TTFT, memory, energy per decoded token, and the roofline prediction for
-    ``profile`` (default: this machine, measured). Measured/predicted ratios are only meaningful when the profile
-    is the machine the benchmark runs on."""
+def check_lengths(model: Transformer, prompt: int, gen: int, depth: int) -> None:
+    """The benchmark's prompt and decode positions fit the model's context (checked before anything is timed)."""
     if prompt < 1 or gen < 1 or depth < 0:
         raise UserError(f"need prompt >= 1, gen >= 1, depth >= 0; got prompt={prompt} gen={gen} depth={depth}")
     limit = model.config.max_seq_len
     if max(prompt, depth + gen) > limit:
         raise UserError(f"prompt={prompt} or depth+gen={depth + gen} exceeds the model's max_seq_len={limit}")
+
+
+def bench_device(model: Transformer, prompt: int = 512, gen: int = 128, depth: int = 0, repeats: int = 5,
+                 warmup: int = 1, profile: DeviceProfile | None = None) -> dict[str, Any]:
+    """pp{prompt} / tg{gen} at ``depth``, TTFT, memory, energy per decoded token, and the roofline prediction for
+    ``profile`` (default: this machine, measured). Measured/predicted ratios are only meaningful when the profile
+    is the machine the benchmark runs on."""
+    check_lengths(model, prompt, gen, depth)
     model = model.eval()
     device = next(model.parameters()).device
     profile = profile or measure_host_profile()
