@@ -139,18 +139,6 @@ def test_weight_bytes() -> None:
         config.weight_bytes("int3")
 
 
-def test_accounting_dict() -> None:
-    config = small()
-    report = config.accounting(seq_len=32)
-    assert report["params"] == config.params()
-    assert report["non_embedding_params"] == config.non_embedding_params()
-    assert report["train_flops_per_token"] == config.train_flops_per_token(32)
-    assert report["inference_flops_per_token"] == config.inference_flops_per_token(32)
-    assert report["kv_cache_bytes_per_token"] == config.kv_cache_bytes_per_token()
-    assert report["weight_bytes_int4"] == config.weight_bytes("int4")
-    assert config.accounting()["seq_len"] == config.max_seq_len
-
-
 # ---------------------------------------------------------------------------------------------------- bad configs
 @pytest.mark.parametrize(
     ("overrides", "key", "message"),
