@@ -247,15 +247,17 @@ def _number(value: Any, path: str) -> float:
 # Entry points
 
 
-def cli_main(fn: Callable[[list[str]], int | None], *options: type, doc: str | None = None) -> Callable[[], None]:
+def cli_main(fn: Callable[[list[str]], int | None], *options: type | str, doc: str | None = None
+             ) -> Callable[[], None]:
     """Wrap a command's ``main(argv)``: ``--help`` prints ``doc`` and the keys of the ``options`` dataclasses
-    (generated from their fields); user errors print as one line and exit 2, not as a traceback."""
+    (generated from their fields; ``"module:Class"`` names one whose module is imported only for the help);
+    user errors print as one line and exit 2, not as a traceback."""
 
     @functools.wraps(fn)
     def wrapper(argv: Sequence[str] | None = None) -> None:
         args = list(sys.argv[1:] if argv is None else argv)
         if any(arg in ("-h", "--help", "help") for arg in args[:1]) or "--help" in args:
-            print(format_help(doc or fn.__doc__ or "", *options))
+            print(format_help(doc or fn.__doc__ or "", *map(_options_class, options)))
             sys.exit(0)
         try:
             code = fn(args)
@@ -273,6 +275,15 @@ def cli_main(fn: Callable[[list[str]], int | None], *options: type, doc: str | N
         sys.exit(code or 0)
 
     return wrapper
+
+
+def _options_class(spec: type | str) -> type:
+    if isinstance(spec, str):
+        import importlib
+
+        module, _, name = spec.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return spec
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
+import importlib
 import json
 import subprocess
 import sys
@@ -15,11 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def launch(name: str):
-    spec = importlib.util.spec_from_file_location(f"launch_{name}", REPO / "launch" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through the module
-    spec.loader.exec_module(module)
-    return module.main
+    """A command's ``run(argv) -> exit code``, called in-process (user errors raise instead of exiting)."""
+    return importlib.import_module(f"slmtrain.cli.{name}").run
 
 
 def test_eval_on_an_hf_directory_runs_tasks_and_perplexity(hf_dir, tmp_path, capsys):
