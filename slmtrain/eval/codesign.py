@@ -211,7 +211,8 @@ def measure_all(jobs: list[Job], rounds: int, time_budget_s: float, seed: int) -
     """Each round measures every job once in a new random order, each measurement in a fresh process; no
     measurement starts once ``time_budget_s`` has passed. Progress goes to stderr."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "slmtrain.eval.runtime", "slmtrain.eval.quantize"])
+    context.set_forkserver_preload(["torch", "torchao.quantization", "slmtrain.eval.runtime",
+                                    "slmtrain.eval.quantize"])
     order = random.Random(seed + 1)
     results: dict[str, list[dict[str, float]]] = {job.name: [] for job in jobs}
     start, total, done = time.perf_counter(), rounds * len(jobs), 0

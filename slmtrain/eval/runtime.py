@@ -152,6 +152,17 @@ def _plain_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
     return [plain for name in names for plain in _plain_tensors(getattr(tensor, name))]
 
 
+def reset_peak_memory() -> bool:
+    """Restart the process's peak-RSS count from its current RSS (Linux: ``/proc/self/clear_refs``), so that
+    hardware.peak_memory measures what follows; False where the kernel refuses (the peak then covers the process's
+    whole life)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def kv_cache_bytes(model: Transformer, context: int) -> int:
     """Bytes of the KV cache holding ``context`` positions, as the model allocates it."""
     element = torch.empty(0, dtype=_compute_dtype(model)).element_size()
