@@ -188,8 +188,8 @@ def measure(job: Job) -> dict[str, float]:
 
     from slmtrain.config import build
     from slmtrain.eval.quantize import quantize_model
-    from slmtrain.eval.runtime import (decode_timing, predicted_decode_tokens_per_s, prefill_timing, ttft_timing,
-                                       weight_bytes)
+    from slmtrain.eval.runtime import (decode_timing, predicted_decode_tokens_per_s, prefill_timing,
+                                       reset_peak_memory, ttft_timing, weight_bytes)
     from slmtrain.hardware import peak_memory
     from slmtrain.model.transformer import Transformer
 
@@ -197,7 +197,8 @@ def measure(job: Job) -> dict[str, float]:
     torch.manual_seed(0)
     model = Transformer(build(ModelConfig, job.config)).to(torch.bfloat16).eval()
     if job.precision != "bf16":
-        model, _ = quantize_model(model, job.precision)
+        model, _ = quantize_model(model, job.precision)  # the bf16 model is dropped: only this one is kept
+    reset_peak_memory()  # the peak is the quantised model's run, not the quantisation's transient copy
     prefill = prefill_timing(model, job.prompt, repeats=1, warmup=1)
     ttft = ttft_timing(model, job.prompt, repeats=1, warmup=0)
     decode = decode_timing(model, job.gen, depth=job.context - job.gen, repeats=1, warmup=1, fill_context=False)
@@ -392,8 +393,8 @@ def codesign(options: CodesignOptions) -> dict[str, Any]:
                         "shapes_enumerated": len(enumerate_shapes(options)), "shapes_measured": len(rows),
                         "not_measured": [name for name in shapes if not measurements[name]],
                         "median_decode_spread": statistics.median(spreads) if spreads else None,
-                        "peak_memory": "peak RSS of a fresh process forked from a server holding torch (the runtime "
-                                       "itself included)", "device": "this host (random weights)"},
+                        "peak_memory": "peak RSS of a fresh process forked from a server holding torch, counted "
+                                       "from the loaded (and quantised) model (the runtime itself included)", "device": "this host (random weights)"},
         "device_profile": dataclasses.asdict(profile),
         "options": {key: str(value) if isinstance(value, Path) else value
                     for key, value in dataclasses.asdict(options).items()},
