@@ -96,15 +96,17 @@ def prefill_timing(model: Transformer, prompt: int, repeats: int = 5, warmup: in
 
 @torch.no_grad()
 def decode_timing(model: Transformer, gen: int, depth: int = 0, repeats: int = 5, warmup: int = 1,
-                  meter: EnergyMeter | None = None) -> Timing:
+                  meter: EnergyMeter | None = None, fill_context: bool = True) -> Timing:
     """Seconds to decode ``gen`` tokens one at a time after ``depth`` tokens of context (filled untimed); ``meter``
-    accumulates the energy of the timed runs only."""
+    accumulates the energy of the timed runs only. ``fill_context=False`` skips the prompt's forward pass and marks
+    ``depth`` positions of the (zeroed) cache as filled: attention costs the same whatever the cached values, and a
+    long context then costs no prefill per repeat."""
     context, step = _random_ids(model, depth), _random_ids(model, 1, seed=1)
     cache = _new_cache(model, depth + gen)
     seconds = []
     for index in range(warmup + repeats):
-        cache.length = 0
-        if depth:
+        cache.length = 0 if fill_context else depth
+        if depth and fill_context:
             model(context, cache=cache)
         timed = index >= warmup
         _sync(step.device)
@@ -130,16 +132,35 @@ def ttft_timing(model: Transformer, prompt: int, repeats: int = 5, warmup: int =
 
 # ---------------------------------------------------------------------------------------------------- memory
 def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of every stored tensor (parameters and persistent buffers, e.g. packed quantised weights); tied
-    weights are counted once."""
+    """Bytes of every stored tensor (parameters and persistent buffers, e.g. packed quantised weights, and the
+    inner tensors of torchao's quantised tensor subclasses); tied weights are counted once."""
     seen: set[int] = set()
     total = 0
-    for tensor in model.state_dict().values():
+    for tensor in (plain for value in model.state_dict().values() for plain in _plain_tensors(value)):
         key = tensor.untyped_storage().data_ptr()
         if key not in seen:
             seen.add(key)
             total += tensor.untyped_storage().nbytes()
     return total
+
+
+def _plain_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """A tensor subclass that wraps others (``__tensor_flatten__``, e.g. torchao's Int8Tensor) is its inner tensors."""
+    if not hasattr(tensor, "__tensor_flatten__"):
+        return [tensor]
+    names, _ = tensor.__tensor_flatten__()
+    return [plain for name in names for plain in _plain_tensors(getattr(tensor, name))]
+
+
+def reset_peak_memory() -> bool:
+    """Restart the process's peak-RSS count from its current RSS (Linux: ``/proc/self/clear_refs``), so that
+    hardware.peak_memory measures what follows; False where the kernel refuses (the peak then covers the process's
+    whole life)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def kv_cache_bytes(model: Transformer, context: int) -> int:

@@ -22,7 +22,7 @@ import math
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +260,7 @@ class TaskResult:
     shots: int
     items: int
     metrics: dict[str, float]
+    scores: dict[str, list[float]] = field(default_factory=dict)  # per item, for confidence intervals
 
     def as_dict(self) -> dict[str, Any]:
         return {"task": self.task, "format": self.format, "shots": self.shots, "items": self.items, **self.metrics}
@@ -271,22 +272,23 @@ def evaluate_task(model: Transformer, tokenizer: TextTokenizer, task: Task, shot
     if not indices:
         raise ConfigError("limit", f"must be positive, got {limit}")
     if task.is_generation:
-        hits = 0
+        hits = []
         for index in indices:
             item: Any = task.items[index]
             output = greedy_until(model, tokenizer, fewshot_prefix(task, index, shots, seed) + item.prompt,
                                   stop=(FEWSHOT_SEPARATOR, "Question:"), max_new_tokens=max_new_tokens)
-            hits += extract_number(output) == item.answer
-        metrics = {"exact_match": hits / len(indices)}
+            hits.append(float(extract_number(output) == item.answer))
+        scores = {"exact_match": hits}
     else:
-        correct = correct_norm = 0
+        correct, correct_norm = [], []
         for index in indices:
             item = task.items[index]
             context = fewshot_prefix(task, index, shots, seed) + item.context
             pairs = [encode_pair(tokenizer, context, TARGET_DELIMITER + choice) for choice in item.choices]
-            scores = [ll for ll, _ in loglikelihoods(model, pairs)]
-            normalised = [ll / max(len(c), 1) for ll, c in zip(scores, item.choices)]
-            correct += max(range(len(scores)), key=scores.__getitem__) == item.label
-            correct_norm += max(range(len(scores)), key=normalised.__getitem__) == item.label
-        metrics = {"acc": correct / len(indices), "acc_norm": correct_norm / len(indices)}
-    return TaskResult(task.name, task.format, shots, len(indices), metrics)
+            loglik = [ll for ll, _ in loglikelihoods(model, pairs)]
+            normalised = [ll / max(len(c), 1) for ll, c in zip(loglik, item.choices)]
+            correct.append(float(max(range(len(loglik)), key=loglik.__getitem__) == item.label))
+            correct_norm.append(float(max(range(len(loglik)), key=normalised.__getitem__) == item.label))
+        scores = {"acc": correct, "acc_norm": correct_norm}
+    metrics = {name: sum(values) / len(values) for name, values in scores.items()}
+    return TaskResult(task.name, task.format, shots, len(indices), metrics, scores)

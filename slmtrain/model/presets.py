@@ -7,6 +7,8 @@ released checkpoint's parameter count exactly (tests/model/test_presets.py holds
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 from slmtrain.config import ConfigError, build
@@ -79,5 +81,33 @@ def resolve(spec: str | dict[str, Any] | ModelConfig) -> ModelConfig:
 
 
 def expand_shorthand(argv: list[str]) -> list[str]:
-    """Command lines say ``model=NAME model.KEY=VALUE``: the name is the preset the keys override."""
-    return [f"model.preset={arg[len('model='):]}" if arg.startswith("model=") else arg for arg in argv]
+    """Command lines say ``model=NAME model.KEY=VALUE``: the name is the preset the keys override. ``model=@FILE``
+    names a codesign.json (launch/codesign.py): its recommended shape, every ModelConfig field given as a key, so
+    nothing of a recipe's own preset is left over."""
+    expanded = []
+    for arg in argv:
+        if arg.startswith("model=@"):
+            expanded += [f"model.{key}={json.dumps(value)}"
+                         for key, value in _dotted(recommended_shape(Path(arg[len("model=@"):])))]
+        elif arg.startswith("model="):
+            expanded.append(f"model.preset={arg[len('model='):]}")
+        else:
+            expanded.append(arg)
+    return expanded
+
+
+def recommended_shape(path: Path) -> dict[str, Any]:
+    """The ModelConfig fields of the shape a codesign.json recommends."""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        config = next(r for r in result["candidates"] if r["name"] == result["recommended"])["config"]
+        build(ModelConfig, config)  # a shape that does not validate is refused here, naming the file
+    except (OSError, ValueError, KeyError, TypeError, StopIteration) as e:
+        raise ConfigError("model", f"{path}: not a codesign.json with a recommended shape "
+                                   f"({type(e).__name__}: {e})") from None
+    return config
+
+
+def _dotted(mapping: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    return [pair for key, value in mapping.items()
+            for pair in (_dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else [(f"{prefix}{key}", value)])]
