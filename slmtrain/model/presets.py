@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from slmtrain.config import ConfigError, build
+from slmtrain.config import ConfigError, build, merge
 from slmtrain.model.config import ModelConfig, MoEConfig, RopeScaling
 
 _LLAMA3_ROPE = RopeScaling(kind="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=8192)
@@ -82,13 +82,11 @@ def names() -> list[str]:
 
 
 def get(name: str, **overrides: Any) -> ModelConfig:
-    """The named config (a fresh copy), with optional field overrides validated like any config."""
+    """The named config (a fresh copy), with optional field overrides validated like any config; nested configs
+    (``moe``, ``rope_scaling``) are overridden key by key."""
     if name not in PRESETS:
         raise ConfigError("model", f"unknown preset {name!r}; valid choices: {', '.join(names())}")
-    base = dataclasses.asdict(PRESETS[name])
-    for key, value in overrides.items():
-        base[key] = value
-    return build(ModelConfig, base)
+    return build(ModelConfig, merge(dataclasses.asdict(PRESETS[name]), overrides))
 
 
 def resolve(spec: str | dict[str, Any] | ModelConfig) -> ModelConfig:
