@@ -43,6 +43,10 @@ class ExpertGroup(nn.Module):
     def expert_weights(self, expert: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def weights_of(self, experts: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(up, down) of each listed expert, in order."""
+        return [self.expert_weights(e) for e in experts]
+
     def forward(self, tokens: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor,
                 counts: list[int]) -> torch.Tensor:
         """sum_j weights[n, j] * expert_{expert_ids[n, j]}(tokens[n]) for every token n: (N, D)."""
@@ -50,8 +54,9 @@ class ExpertGroup(nn.Module):
         order = expert_ids.flatten().argsort(stable=True)  # assignments grouped by expert, in token order within
         token_of = order // top_k
         groups = tokens[token_of].split(counts)
-        outputs = [expert_ffn(group, *self.expert_weights(e), self.act, self.gated)
-                   for e, group in enumerate(groups) if counts[e]]
+        used = [e for e, count in enumerate(counts) if count]
+        outputs = [expert_ffn(groups[e], up, down, self.act, self.gated)
+                   for e, (up, down) in zip(used, self.weights_of(used))]
         weighted = torch.cat(outputs) * weights.flatten()[order, None]
         return torch.zeros_like(tokens).index_add_(0, token_of, weighted.to(tokens.dtype))
 
@@ -67,6 +72,11 @@ class Experts(ExpertGroup):
 
     def expert_weights(self, expert: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.up[expert], self.down[expert]
+
+    def weights_of(self, experts: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        # unbind: one backward op stacking every expert's gradient, not a full-size zero tensor per indexed expert
+        ups, downs = self.up.unbind(0), self.down.unbind(0)
+        return [(ups[e], downs[e]) for e in experts]
 
     @torch.no_grad()
     def reset_parameters(self, std: float, residual_std: float) -> None:
@@ -107,8 +117,8 @@ class MoE(nn.Module):
     def num_experts(self) -> int:
         return self.router.out_features
 
-    def route(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Router logits (N, E) in fp32, chosen experts (N, k) and their weights (N, k)."""
+    def route(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Router logits and scores (N, E) in fp32, chosen experts (N, k) and their weights (N, k)."""
         logits = self.router(tokens).float()
         scores = logits.softmax(dim=-1) if self.score == "softmax" else logits.sigmoid()
         choice = scores if self.router_bias is None else scores + self.router_bias  # the bias only chooses
@@ -116,11 +126,11 @@ class MoE(nn.Module):
         weights = scores.gather(-1, expert_ids)
         if self.renormalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        return logits, expert_ids, weights
+        return logits, scores, expert_ids, weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.reshape(-1, x.shape[-1])
-        logits, expert_ids, weights = self.route(tokens)
+        logits, scores, expert_ids, weights = self.route(tokens)
         load = torch.bincount(expert_ids.flatten(), minlength=self.num_experts)
         y = self.experts(tokens, expert_ids, weights, load.tolist())
         if self.shared is not None:
@@ -128,11 +138,10 @@ class MoE(nn.Module):
             y = y + (shared if self.shared_gate is None else torch.sigmoid(self.shared_gate(tokens)) * shared)
         self.load = load.detach().float()
         if self.training:
-            self._balance(logits, load)
+            self._balance(logits, scores, load)
         return y.view_as(x)
 
-    def _balance(self, logits: torch.Tensor, load: torch.Tensor) -> None:
-        scores = logits.softmax(dim=-1) if self.score == "softmax" else logits.sigmoid()
+    def _balance(self, logits: torch.Tensor, scores: torch.Tensor, load: torch.Tensor) -> None:
         probs = scores / scores.sum(dim=-1, keepdim=True)  # sigmoid scores normalised to a distribution
         fraction = load.float() / load.sum()
         self.aux_loss = self.num_experts * (fraction * probs.mean(dim=0)).sum()
