@@ -1,4 +1,5 @@
-"""The decoder-only transformer, readable top to bottom: norm, RoPE, attention, MLP, block, model, generate().
+"""The decoder-only transformer, readable top to bottom: norm, RoPE, attention, MLP (or a Mixture-of-Experts from
+slmtrain.model.moe), block, model, generate().
 
 No distribution or compilation code lives here: `slmtrain.train.parallel` applies torch.compile, DDP and FSDP to an
 unchanged model. Weight layout follows the Llama family (pre-norm, RoPE with rotate-half, gated MLP) so that

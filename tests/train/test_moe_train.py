@@ -14,6 +14,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from slmtrain.artifacts import load_model
 from slmtrain.train.callbacks import MOE_COLUMNS, read_metrics
 from slmtrain.train.run import train
 from tests.conftest import tiny_recipe
@@ -72,6 +73,8 @@ def test_moe_trains_logs_router_statistics_and_resumes_exactly(shards, tmp_path)
     train(moe_recipe(shards, stopped, budget__tokens=512 * 12), resume=True)
     assert train_losses(stopped) == train_losses(straight)
     assert torch.equal(router_biases(stopped), biases)
+    loaded = load_model(stopped).model  # the checkpoint rebuilds the MoE model, biases included
+    assert torch.equal(torch.stack([layer.router_bias for layer in loaded.moe_layers()]), biases)
 
 
 def test_moe_ddp_ranks_keep_identical_router_biases(shards, tmp_path):
