@@ -23,13 +23,12 @@ from slmtrain.model.config import ModelConfig
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
 
-def expert_ffn(x: torch.Tensor, up: torch.Tensor, down: torch.Tensor, act: Activation, gated: bool) -> torch.Tensor:
-    """One expert's FFN on its group of tokens: ``up`` (2F or F, D) with gate rows first, ``down`` (D, F)."""
-    hidden = x @ up.t()
+def activate(hidden: torch.Tensor, act: Activation, gated: bool) -> torch.Tensor:
+    """The FFN's nonlinearity on up-projected rows: act(gate) * value for gated FFNs (gate columns first)."""
     if gated:
         gate, value = hidden.chunk(2, dim=-1)
-        return (act(gate) * value) @ down.t()
-    return act(hidden) @ down.t()
+        return act(gate) * value
+    return act(hidden)
 
 
 class ExpertGroup(nn.Module):
@@ -53,11 +52,14 @@ class ExpertGroup(nn.Module):
         top_k = expert_ids.shape[1]
         order = expert_ids.flatten().argsort(stable=True)  # assignments grouped by expert, in token order within
         token_of = order // top_k
-        groups = tokens[token_of].split(counts)
         used = [e for e, count in enumerate(counts) if count]
-        outputs = [expert_ffn(groups[e], up, down, self.act, self.gated)
-                   for e, (up, down) in zip(used, self.weights_of(used))]
-        weighted = torch.cat(outputs) * weights.flatten()[order, None]
+        experts = self.weights_of(used)
+        compute_dtype = experts[0][0].dtype  # the weights' (bf16 under autocast): one cast of the tokens
+        groups = tokens[token_of].to(compute_dtype).split([counts[e] for e in used])
+        # one matmul per expert and projection; the nonlinearity once over every group
+        hidden = activate(torch.cat([x @ up.t() for x, (up, _) in zip(groups, experts)]), self.act, self.gated)
+        out = torch.cat([h @ down.t() for h, (_, down) in zip(hidden.split([counts[e] for e in used]), experts)])
+        weighted = out * weights.flatten()[order, None].to(compute_dtype)
         return torch.zeros_like(tokens).index_add_(0, token_of, weighted.to(tokens.dtype))
 
 
@@ -74,8 +76,12 @@ class Experts(ExpertGroup):
         return self.up[expert], self.down[expert]
 
     def weights_of(self, experts: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        up, down = self.up, self.down
+        if torch.is_autocast_enabled(up.device.type):  # one cast of each 3D weight, not one per expert slice
+            dtype = torch.get_autocast_dtype(up.device.type)
+            up, down = up.to(dtype), down.to(dtype)
         # unbind: one backward op stacking every expert's gradient, not a full-size zero tensor per indexed expert
-        ups, downs = self.up.unbind(0), self.down.unbind(0)
+        ups, downs = up.unbind(0), down.unbind(0)
         return [(ups[e], downs[e]) for e in experts]
 
     @torch.no_grad()

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from slmtrain.model.config import ModelConfig
+from slmtrain.model.moe import MoE
 from slmtrain.model.transformer import Transformer
 from slmtrain.train.config import TrainConfig
 from slmtrain.train.data import document_ids
@@ -34,7 +35,7 @@ class RouterStats:
         self.aux_loss = self.z_loss = self.entropy = torch.zeros(())  # sums of the layers' means, detached
         self.batches = 0
 
-    def add(self, layers: list, tokens: int) -> None:
+    def add(self, layers: list[MoE], tokens: int) -> None:
         load = torch.stack([layer.load for layer in layers])
         self.load = load if self.load is None else self.load + load
         self.assignments += sum(tokens * layer.top_k for layer in layers)

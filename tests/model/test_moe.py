@@ -23,7 +23,7 @@ from slmtrain.hardware import get_device
 from slmtrain.model import presets
 from slmtrain.model.config import ModelConfig
 from slmtrain.model.formats.hf import model_config_from_hf
-from slmtrain.model.moe import MoE, expert_ffn
+from slmtrain.model.moe import MoE
 from slmtrain.model.transformer import Transformer
 from slmtrain.scaling.devices import Deployment
 from tests.model.test_presets import PUBLISHED_PARAMS
@@ -75,14 +75,22 @@ def norm_params(model: nn.Module) -> int:
     return sum(p.numel() for m in model.modules() if isinstance(m, (nn.RMSNorm, nn.LayerNorm)) for p in m.parameters())
 
 
+def expert(token: torch.Tensor, up: torch.Tensor, down: torch.Tensor, gated: bool) -> torch.Tensor:
+    """One expert's FFN on one token, written out: SwiGLU (gate rows first) or GELU."""
+    if gated:
+        gate, value = (up @ token).chunk(2)
+        return down @ (torch.nn.functional.silu(gate) * value)
+    return down @ torch.nn.functional.gelu(up @ token)
+
+
 def reference_moe(layer: MoE, x: torch.Tensor) -> torch.Tensor:
     """The MoE layer token by token: route, then sum each chosen expert's output times its weight."""
     tokens = x.reshape(-1, x.shape[-1])
     _, _, expert_ids, weights = layer.route(tokens)
     rows = []
     for n, token in enumerate(tokens):
-        out = sum(weights[n, j] * expert_ffn(token[None], *layer.experts.expert_weights(int(e)), layer.experts.act,
-                                             layer.experts.gated)[0] for j, e in enumerate(expert_ids[n]))
+        out = sum(weights[n, j] * expert(token, *layer.experts.expert_weights(int(e)), layer.experts.gated)
+                  for j, e in enumerate(expert_ids[n]))
         if layer.shared is not None:
             shared = layer.shared(token[None])[0]
             out = out + (shared if layer.shared_gate is None else torch.sigmoid(layer.shared_gate(token)) * shared)
