@@ -4,6 +4,7 @@ prediction with the measured/predicted ratio.
     python launch/bench_device.py model=PATH_OR_PRESET [prompt=512 gen=128 depth=0 repeats=5 warmup=1]
         [device=cpu|cuda device_profile=host|DEVICE dtype=fp32|bf16|fp16 quant=none|int8|int8-dynamic|int4 threads=N]
         [format=table|json csv=results.csv plot=FILE.png depths=0,256,1024]
+        [offload=experts max_resident_experts=N]   (an MoE model's HF directory: experts read from its files)
 format=json prints exactly one JSON object on stdout. The prediction is for device_profile; measured/predicted
 ratios compare like with like only for host (the machine running the benchmark).
 """
@@ -42,6 +43,8 @@ class Args:
     csv: Path | None = None
     plot: Path | None = None
     depths: list[int] = field(default_factory=list)  # decode speed at these depths, for the plot
+    offload: Literal["none", "experts"] = "none"  # experts: an MoE's routed experts read on demand from its files
+    max_resident_experts: int | None = None  # offload=experts: experts per layer kept in memory (an LRU cache)
 
     def __post_init__(self) -> None:
         from slmtrain.hardware import profile_names
@@ -49,6 +52,10 @@ class Args:
         check_choice("device_profile", self.device_profile, profile_names())
         if self.plot and not self.depths:
             raise ConfigError("depths", "plot= needs depths=D1,D2,... (context depths to measure decode speed at)")
+        if (self.offload == "experts") != (self.max_resident_experts is not None):
+            raise ConfigError("max_resident_experts", "offload=experts and max_resident_experts=N go together")
+        if self.offload == "experts" and self.quant != "none":
+            raise ConfigError("quant", "offloaded experts are not quantised: use quant=none with offload=experts")
 
 
 def main(argv: list[str]) -> int:
@@ -61,11 +68,17 @@ def main(argv: list[str]) -> int:
     from slmtrain.eval.report import append_csv, format_table, plot_runtime
     from slmtrain.eval.runtime import bench_device, check_lengths, decode_vs_context
     from slmtrain.hardware import get_profile
-    from slmtrain.artifacts import load_model
+    from slmtrain.artifacts import LoadedModel, load_model
+    from slmtrain.model.offload import load_offloaded, measure_offloaded_decode
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, getattr(torch, DTYPES[args.dtype]))
+    dtype = getattr(torch, DTYPES[args.dtype])
+    if args.max_resident_experts is not None:
+        offloaded, offload_stats = load_offloaded(args.model, args.max_resident_experts, dtype)
+        loaded = LoadedModel(offloaded, None, f"hf {args.model} (experts offloaded)")
+    else:
+        loaded = load_model(args.model, dtype)
     check_lengths(loaded.model, args.prompt, args.gen, args.depth)
     try:
         model = loaded.model.to(torch.device(args.device))
@@ -78,6 +91,9 @@ def main(argv: list[str]) -> int:
     profile = get_profile(args.device_profile)
     result = {"model": loaded.source, "quant": args.quant,
               **bench_device(model, args.prompt, args.gen, args.depth, args.repeats, args.warmup, profile)}
+    if args.max_resident_experts is not None:
+        result.update(measure_offloaded_decode(model, offload_stats, args.prompt, args.gen, profile.memory_bandwidth,
+                                               profile.storage_bandwidth))
     if args.depths:
         rows = decode_vs_context(model, args.depths, profile=profile)
         result["decode_vs_context"] = rows
@@ -90,7 +106,9 @@ def main(argv: list[str]) -> int:
     else:
         keys = ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_s", "peak_memory_bytes", "weight_bytes",
                 "kv_cache_bytes_at_context", "energy_j_per_decode_token", "predicted_decode_tokens_per_s",
-                "decode_measured_over_predicted", "prefill_measured_over_predicted")
+                "decode_measured_over_predicted", "prefill_measured_over_predicted",
+                *(("resident_weight_bytes", "cache_hit_rate", "storage_bytes_per_token", "offload_decode_tokens_per_s",
+                   "predicted_offload_decode_tokens_per_s") if args.max_resident_experts is not None else ()))
         print(f"{result['model']} {result['test']} ({result['dtype']}, quant {args.quant}, "
               f"{result['threads']} threads)")
         print(format_table([{"figure": k, "value": result[k]} for k in keys]))

@@ -1,4 +1,5 @@
-"""Print what a model costs, from its config alone: parameters, FLOPs per token, KV-cache and weight bytes.
+"""Print what a model costs, from its config alone: parameters (total and active), FLOPs per token, KV-cache and
+weight bytes (held, and read per decoded token).
 
     python launch/model_info.py model=NAME [model.KEY=VALUE ...] [seq_len=N] [format=table|json]
 
@@ -50,6 +51,11 @@ def format_table(name: str, config: ModelConfig, report: dict[str, float]) -> st
     shape = (f"{name}: {config.n_layer} layers, d_model {config.d_model}, {config.n_head} heads ({config.kv_heads} KV, "
              f"dim {config.head_dim_}), {config.ffn} {config.ffn_dim}, vocab {config.padded_vocab_size}, "
              f"{'tied' if config.tie_embeddings else 'untied'} embeddings")
+    if config.moe is not None:
+        moe = config.moe
+        shape += (f"; MoE {moe.experts} experts, top-{moe.top_k} (width {config.expert_ffn_dim})"
+                  + (f", {moe.shared_experts} shared (width {config.shared_ffn_dim})" if moe.shared_experts else "")
+                  + (f", first {moe.dense_layers} layers dense" if moe.dense_layers else ""))
     lines = [f"{key:<{widths[0]}}  {value:>{widths[1]}}  {readable:>{widths[2]}}".rstrip() for key, value, readable
              in rows]
     return "\n".join([shape, *lines])

@@ -181,8 +181,11 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             if type(None) in args:
                 return None
+        candidates = [a for a in args if a is not type(None)]
+        if len(candidates) == 1:  # an optional value: its own error, naming the nested key that failed
+            return _coerce(candidates[0], value, path)
         errors = []
-        for arg in (a for a in args if a is not type(None)):
+        for arg in candidates:
             try:
                 return _coerce(arg, value, path)
             except ConfigError as e:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import resource
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slmtrain.config import ConfigError
@@ -32,6 +34,8 @@ class DeviceProfile:
     power_watts: float | None
     source: str
     cuda_names: tuple[str, ...] = ()  # substrings of torch.cuda.get_device_name() that are this device
+    storage_bandwidth: float | None = None  # bytes/s read from where offloaded weights live (flash, or host RAM)
+    storage_source: str = ""  # where storage_bandwidth comes from
 
     def flops(self, precision: str) -> float:
         if precision not in self.peak_flops:
@@ -44,34 +48,55 @@ DEVICES: dict[str, DeviceProfile] = {p.name: p for p in (
     DeviceProfile("jetson-agx-orin-64gb", 64 * GB, 204.8 * GB,
                   {"fp32": 5.3e12, "fp16": 85e12, "bf16": 85e12, "int8": 170e12}, 60.0,
                   "NVIDIA Jetson AGX Orin Series data sheet (2023): 64 GB LPDDR5 204.8 GB/s, 275 sparse INT8 TOPS "
-                  "(GPU 170 + DLA 105), GPU FP32 5.3 TFLOPS, 15-60 W; GPU dense INT8 = 170/2, FP16 = INT8/2 derived"),
+                  "(GPU 170 + DLA 105), GPU FP32 5.3 TFLOPS, 15-60 W; GPU dense INT8 = 170/2, FP16 = INT8/2 derived",
+                  storage_bandwidth=7 * GB,
+                  storage_source="Jetson AGX Orin Developer Kit: M.2 Key M slot, PCIe Gen4 x4 NVMe; 7 GB/s is a "
+                                 "typical Gen4 x4 SSD's sequential read (derived, not an NVIDIA figure)"),
     DeviceProfile("jetson-orin-nano-8gb", 8 * GB, 68 * GB,
                   {"fp32": 1.28e12, "fp16": 10e12, "bf16": 10e12, "int8": 20e12}, 15.0,
                   "NVIDIA Jetson Orin Nano data sheet (2023): 8 GB LPDDR5 68 GB/s, 40 sparse INT8 TOPS, 7-15 W; "
-                  "dense INT8 = 40/2 and FP16 = INT8/2 derived; FP32 = 1024 CUDA cores x 2 x 625 MHz"),
+                  "dense INT8 = 40/2 and FP16 = INT8/2 derived; FP32 = 1024 CUDA cores x 2 x 625 MHz",
+                  storage_bandwidth=3.5 * GB,
+                  storage_source="Jetson Orin Nano Developer Kit: M.2 Key M slot, PCIe Gen3 x4 NVMe; 3.5 GB/s is a "
+                                 "typical Gen3 x4 SSD's sequential read (derived, not an NVIDIA figure)"),
     DeviceProfile("apple-m3-max-128gb", 128 * GB, 400 * GB,
                   {"fp32": 14.2e12, "fp16": 14.2e12, "int8": 18e12}, None,
                   "Apple M3 Max press release (Oct 2023): up to 128 GB unified memory, 400 GB/s, 16-core Neural "
-                  "Engine 18 TOPS; GPU FP32 derived: 40 cores x 128 ALUs x 2 x ~1.4 GHz; no official power figure"),
+                  "Engine 18 TOPS; GPU FP32 derived: 40 cores x 128 ALUs x 2 x ~1.4 GHz; no official power figure",
+                  storage_bandwidth=6 * GB,
+                  storage_source="MacBook Pro (M3 Max) internal SSD, ~6 GB/s sequential read in third-party "
+                                 "benchmarks (Apple publishes no figure; approximate)"),
     DeviceProfile("apple-a17-pro", 8 * GB, 51.2 * GB,
                   {"fp16": 2.1e12, "int8": 35e12}, None,
                   "Apple iPhone 15 Pro (Sept 2023): Neural Engine 35 TOPS (Apple); 8 GB LPDDR5-6400 x 64 bit = "
-                  "51.2 GB/s (teardown figures); GPU FP16 ~2.1 TFLOPS (third-party estimate); no official power"),
+                  "51.2 GB/s (teardown figures); GPU FP16 ~2.1 TFLOPS (third-party estimate); no official power",
+                  storage_bandwidth=1.5 * GB,
+                  storage_source="iPhone 15 Pro NVMe flash, ~1.5 GB/s sequential read in third-party benchmarks "
+                                 "(Apple publishes no figure; approximate)"),
     DeviceProfile("snapdragon-8-gen-3", 12 * GB, 76.8 * GB,
                   {"fp16": 17e12, "int8": 34e12}, None,
                   "Qualcomm Snapdragon 8 Gen 3 product brief (2023): LPDDR5X up to 4800 MHz (9.6 GT/s x 64 bit = "
                   "76.8 GB/s), up to 24 GB (12 GB typical flagship phone); Hexagon NPU ~34 dense INT8 TOPS and "
-                  "FP16 half of it are third-party estimates (Qualcomm publishes no TOPS figure); no official power"),
+                  "FP16 half of it are third-party estimates (Qualcomm publishes no TOPS figure); no official power",
+                  storage_bandwidth=4.2 * GB,
+                  storage_source="UFS 4.0 flash of Snapdragon 8 Gen 3 phones: 4,200 MB/s sequential read (Samsung's "
+                                 "UFS 4.0 announcement, 2022)"),
     DeviceProfile("h100-sxm", 80 * GB, 3.35e12,
                   {"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12, "fp8": 1978.9e12,
                    "int8": 1978.9e12}, 700.0,
                   "NVIDIA H100 Tensor Core GPU data sheet (SXM5): 80 GB HBM3 3.35 TB/s, dense BF16 989.4 TFLOPS "
-                  "(1979 with sparsity), FP8 1979, up to 700 W", ("H100",)),
+                  "(1979 with sparsity), FP8 1979, up to 700 W", ("H100",),
+                  storage_bandwidth=64 * GB,
+                  storage_source="experts offloaded to host memory: PCIe Gen5 x16, 128 GB/s both directions (H100 "
+                                 "data sheet), 64 GB/s host to device"),
     DeviceProfile("h200", 141 * GB, 4.8e12,
                   {"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12, "fp8": 1978.9e12,
                    "int8": 1978.9e12}, 700.0,
                   "NVIDIA H200 Tensor Core GPU data sheet (SXM): 141 GB HBM3e 4.8 TB/s, same compute as H100 SXM "
-                  "(dense BF16 989.4 TFLOPS), up to 700 W", ("H200",)),
+                  "(dense BF16 989.4 TFLOPS), up to 700 W", ("H200",),
+                  storage_bandwidth=64 * GB,
+                  storage_source="experts offloaded to host memory: PCIe Gen5 x16, 128 GB/s both directions (H200 "
+                                 "data sheet), 64 GB/s host to device"),
 )}
 
 
@@ -149,10 +174,27 @@ def measured_matmul_flops(dtype: torch.dtype, size: int = 512, seconds: float = 
     return 2 * size**3 * count / (time.perf_counter() - start)
 
 
+def measured_storage_bandwidth(folder: str | Path | None = None, size: int = 1 << 26) -> float:
+    """Bytes/s of reading a ``size``-byte file written in ``folder`` (default: the temp folder) after asking the
+    kernel to drop it from the page cache (posix_fadvise DONTNEED, Linux), so the read comes from the device where
+    the kernel honours that; on tmpfs the file lives in memory and this measures memory."""
+    with tempfile.NamedTemporaryFile(dir=folder) as f:
+        f.write(os.urandom(size))
+        f.flush()
+        os.fsync(f.fileno())
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        start = time.perf_counter()
+        with open(f.name, "rb", buffering=0) as reader:
+            while reader.read(1 << 22):
+                pass
+        return size / (time.perf_counter() - start)
+
+
 def measure_host_profile(copy_bytes: int = 1 << 28, matmul_size: int = 1024, repeats: int = 5) -> DeviceProfile:
     """This machine as a device profile: sustained memory bandwidth (numpy copy of ``copy_bytes``, each byte read
-    once and written once, best of ``repeats``) and fp32/bf16 matmul FLOP/s (torch, current thread count, best of
-    ``repeats``)."""
+    once and written once, best of ``repeats``), fp32/bf16 matmul FLOP/s (torch, current thread count, best of
+    ``repeats``) and the temp folder's storage read bandwidth."""
     import numpy as np
     import torch
 
@@ -168,7 +210,10 @@ def measure_host_profile(copy_bytes: int = 1 << 28, matmul_size: int = 1024, rep
     return DeviceProfile(name="host", memory_bytes=float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")),
                          memory_bandwidth=2 * source.nbytes / copy_s, peak_flops=peak_flops, power_watts=None,
                          source=f"measured: numpy copy of {copy_bytes >> 20} MiB, torch.mm {matmul_size}^3 fp32/bf16 "
-                                f"on {torch.get_num_threads()} threads, best of {repeats}")
+                                f"on {torch.get_num_threads()} threads, best of {repeats}",
+                         storage_bandwidth=measured_storage_bandwidth(),
+                         storage_source=f"measured: read of a 64 MiB file in {tempfile.gettempdir()} after dropping "
+                                        "it from the page cache")
 
 
 def get_profile(name: str) -> DeviceProfile:

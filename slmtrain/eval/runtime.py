@@ -8,9 +8,10 @@ each the mean and standard deviation over ``repeats`` timed runs after ``warmup`
 random: speed does not depend on the text. Time to first token is a fresh cache, the prompt's forward pass and the
 choice of the first token.
 
-The prediction is the roofline of a single stream: decoding reads every weight and the KV cache once per token, so
-it is bound by memory bandwidth (tokens/s = bandwidth / (weight bytes + KV bytes at that context)); prefill is
-bound by compute (tokens/s = peak FLOP/s / FLOPs per token).
+The prediction is the roofline of a single stream: decoding reads every weight it uses (an MoE layer's top-k
+experts, not all of them) and the KV cache once per token, so it is bound by memory bandwidth (tokens/s = bandwidth
+/ (weight bytes read + KV bytes at that context)); prefill is bound by compute (tokens/s = peak FLOP/s / FLOPs per
+token).
 """
 
 from __future__ import annotations
@@ -163,6 +164,13 @@ def reset_peak_memory() -> bool:
         return False
 
 
+def weight_bytes_read_per_token(model: Transformer) -> float:
+    """``weight_bytes`` less the routed experts a decoded token skips: of a MoE layer's resident experts, a token
+    reads top_k of them."""
+    skipped = sum((1 - layer.top_k / layer.num_experts) * weight_bytes(layer.experts) for layer in model.moe_layers())
+    return weight_bytes(model) - skipped
+
+
 def kv_cache_bytes(model: Transformer, context: int) -> int:
     """Bytes of the KV cache holding ``context`` positions, as the model allocates it."""
     element = torch.empty(0, dtype=_compute_dtype(model)).element_size()
@@ -211,7 +219,7 @@ def _counter(zone: Path) -> int:
 # ---------------------------------------------------------------------------------------------------- together
 def predicted_decode_tokens_per_s(model: Transformer, profile: DeviceProfile, context: int) -> float:
     """The roofline of slmtrain.scaling.devices.Deployment, over the bytes this model object really holds."""
-    return profile.memory_bandwidth / (weight_bytes(model) + kv_cache_bytes(model, context))
+    return profile.memory_bandwidth / (weight_bytes_read_per_token(model) + kv_cache_bytes(model, context))
 
 
 def predicted_prefill_tokens_per_s(model: Transformer, profile: DeviceProfile, prompt: int) -> float | None:
@@ -262,6 +270,7 @@ def bench_device(model: Transformer, prompt: int = 512, gen: int = 128, depth: i
         "ttft_s": ttft.mean_s, "ttft_s_std": ttft.std_s,
         "peak_memory_bytes": peak, "peak_memory_kind": peak_kind,
         "weight_bytes": weight_bytes(model),
+        "weight_bytes_read_per_token": weight_bytes_read_per_token(model),
         "kv_cache_bytes_per_token": kv_cache_bytes(model, 1),
         "kv_cache_bytes_at_context": kv_cache_bytes(model, depth + gen),
         "energy_j_per_decode_token": meter.joules / (gen * repeats), "energy_source": meter.source,

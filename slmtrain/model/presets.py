@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from slmtrain.config import ConfigError, build
-from slmtrain.model.config import ModelConfig, RopeScaling
+from slmtrain.config import ConfigError, build, merge
+from slmtrain.model.config import ModelConfig, MoEConfig, RopeScaling
 
 _LLAMA3_ROPE = RopeScaling(kind="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=8192)
 
@@ -42,14 +42,40 @@ PRESETS: dict[str, ModelConfig] = {
                                 rope_theta=1000000.0, norm_eps=1e-6, qkv_bias=True, max_seq_len=32768),
     "qwen2.5-1.5b": ModelConfig(vocab_size=151936, n_layer=28, d_model=1536, n_head=12, n_kv_head=2, ffn_hidden=8960,
                                 rope_theta=1000000.0, norm_eps=1e-6, qkv_bias=True, max_seq_len=32768),
+    # Mixture-of-Experts: OLMoE (AI2, 2024: 64 experts, top-8, no renormalisation, QK-norm over the projections),
+    # Qwen1.5-MoE (Alibaba, 2024: 60 experts, top-4, a gated shared expert 4x as wide), Mixtral (Mistral, 2023).
+    "olmoe-1b-7b": ModelConfig(vocab_size=50304, n_layer=16, d_model=2048, n_head=16, ffn_hidden=1024, qk_norm=True,
+                               qk_norm_scope="projection", max_seq_len=4096, tie_embeddings=False,
+                               moe=MoEConfig(experts=64, top_k=8, renormalize=False, aux_loss_coef=0.01,
+                                             z_loss_coef=0.001)),
+    "qwen1.5-moe-a2.7b": ModelConfig(vocab_size=151936, n_layer=24, d_model=2048, n_head=16, ffn_hidden=5632,
+                                     qkv_bias=True, rope_theta=1000000.0, norm_eps=1e-6, max_seq_len=8192,
+                                     tie_embeddings=False,
+                                     moe=MoEConfig(experts=60, top_k=4, expert_ffn_hidden=1408, shared_experts=1,
+                                                   shared_ffn_hidden=5632, shared_gate=True, renormalize=False,
+                                                   aux_loss_coef=0.001)),
+    "mixtral-8x7b": ModelConfig(vocab_size=32000, n_layer=32, d_model=4096, n_head=32, n_kv_head=8, ffn_hidden=14336,
+                                rope_theta=1000000.0, max_seq_len=32768, tie_embeddings=False,
+                                moe=MoEConfig(experts=8, top_k=2, aux_loss_coef=0.02)),
     # Tiny sizes: unit tests (tiny*) and the CPU demo (demo-*); vocab is usually overridden by the tokenizer.
     "tiny": ModelConfig(vocab_size=256, n_layer=2, d_model=64, n_head=4, n_kv_head=2, ffn_hidden=128, max_seq_len=128),
     "tiny-mha": ModelConfig(vocab_size=256, n_layer=2, d_model=64, n_head=4, ffn_hidden=128, max_seq_len=128,
                             tie_embeddings=False),
+    "tiny-moe": ModelConfig(vocab_size=256, n_layer=2, d_model=64, n_head=4, n_kv_head=2, ffn_hidden=128,
+                            max_seq_len=128, moe=MoEConfig(experts=4, top_k=2, expert_ffn_hidden=64)),
+    "tiny-moe-shared": ModelConfig(vocab_size=256, n_layer=3, d_model=64, n_head=4, ffn_hidden=128, qkv_bias=True,
+                                   max_seq_len=128, tie_embeddings=False,
+                                   moe=MoEConfig(experts=6, top_k=2, expert_ffn_hidden=32, shared_experts=1,
+                                                 shared_ffn_hidden=64, shared_gate=True, dense_layers=1,
+                                                 renormalize=False)),
     "demo-2m": ModelConfig(vocab_size=4096, n_layer=4, d_model=192, n_head=6, n_kv_head=2, ffn_hidden=512,
                            max_seq_len=256),
     "demo-5m": ModelConfig(vocab_size=4096, n_layer=6, d_model=256, n_head=8, n_kv_head=4, ffn_hidden=688,
                            max_seq_len=256),
+    # demo-2m's shape with 8 experts of its FFN width, 2 per token: the same active parameters, ~4x the FFN weights.
+    "demo-moe": ModelConfig(vocab_size=4096, n_layer=4, d_model=192, n_head=6, n_kv_head=2, ffn_hidden=256,
+                            max_seq_len=256, moe=MoEConfig(experts=8, top_k=2, aux_loss_coef=0.01,
+                                                           z_loss_coef=0.001)),
 }
 
 
@@ -58,13 +84,11 @@ def names() -> list[str]:
 
 
 def get(name: str, **overrides: Any) -> ModelConfig:
-    """The named config (a fresh copy), with optional field overrides validated like any config."""
+    """The named config (a fresh copy), with optional field overrides validated like any config; nested configs
+    (``moe``, ``rope_scaling``) are overridden key by key."""
     if name not in PRESETS:
         raise ConfigError("model", f"unknown preset {name!r}; valid choices: {', '.join(names())}")
-    base = dataclasses.asdict(PRESETS[name])
-    for key, value in overrides.items():
-        base[key] = value
-    return build(ModelConfig, base)
+    return build(ModelConfig, merge(dataclasses.asdict(PRESETS[name]), overrides))
 
 
 def resolve(spec: str | dict[str, Any] | ModelConfig) -> ModelConfig:

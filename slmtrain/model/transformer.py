@@ -1,4 +1,5 @@
-"""The decoder-only transformer, readable top to bottom: norm, RoPE, attention, MLP, block, model, generate().
+"""The decoder-only transformer, readable top to bottom: norm, RoPE, attention, MLP (or a Mixture-of-Experts from
+slmtrain.model.moe), block, model, generate().
 
 No distribution or compilation code lives here: `slmtrain.train.parallel` applies torch.compile, DDP and FSDP to an
 unchanged model. Weight layout follows the Llama family (pre-norm, RoPE with rotate-half, gated MLP) so that
@@ -15,6 +16,7 @@ from torch import nn
 
 from slmtrain.model.attention import attend
 from slmtrain.model.config import ModelConfig, RopeScaling
+from slmtrain.model.moe import Experts, MoE
 
 
 def make_norm(config: ModelConfig, dim: int) -> nn.Module:
@@ -87,8 +89,12 @@ class Attention(nn.Module):
         qkv_out = (self.n_head + 2 * self.kv_heads) * self.head_dim
         self.qkv = nn.Linear(config.d_model, qkv_out, bias=config.qkv_bias)
         self.out = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=False)
-        self.q_norm = make_norm(config, self.head_dim) if config.qk_norm else None
-        self.k_norm = make_norm(config, self.head_dim) if config.qk_norm else None
+        # per head (Qwen3) or over the whole q and k projections (OLMoE)
+        self.qk_norm_per_head = config.qk_norm_scope == "head"
+        q_dim, k_dim = (self.head_dim, self.head_dim) if self.qk_norm_per_head else (
+            self.n_head * self.head_dim, self.kv_heads * self.head_dim)
+        self.q_norm = make_norm(config, q_dim) if config.qk_norm else None
+        self.k_norm = make_norm(config, k_dim) if config.qk_norm else None
 
     def forward(
         self,
@@ -102,10 +108,12 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).split(
             [self.n_head * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1
         )
+        if self.q_norm is not None and not self.qk_norm_per_head:
+            q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(b, t, self.n_head, self.head_dim).transpose(1, 2)
         k = k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.qk_norm_per_head:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -118,12 +126,13 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """Gated (SwiGLU, GeGLU: act(x W_gate) * (x W_up)) or plain (GELU, ReLU) feed-forward."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, width: int | None = None):
         super().__init__()
         self.gated = config.gated_ffn
-        self.act = {"swiglu": F.silu, "geglu": _gelu_tanh, "gelu": F.gelu, "relu": F.relu}[config.ffn]
-        self.up = nn.Linear(config.d_model, (2 if self.gated else 1) * config.ffn_dim, bias=False)
-        self.down = nn.Linear(config.ffn_dim, config.d_model, bias=False)
+        self.act = ACTIVATIONS[config.ffn]
+        width = config.ffn_dim if width is None else width
+        self.up = nn.Linear(config.d_model, (2 if self.gated else 1) * width, bias=False)
+        self.down = nn.Linear(width, config.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
@@ -136,13 +145,25 @@ def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
+ACTIVATIONS = {"swiglu": F.silu, "geglu": _gelu_tanh, "gelu": F.gelu, "relu": F.relu}
+
+
+def make_ffn(config: ModelConfig, layer: int) -> nn.Module:
+    """The layer's feed-forward: a dense MLP, or a Mixture-of-Experts whose shared experts are one MLP as wide as
+    all of them together (the same function as separate shared experts summed)."""
+    if not config.is_moe_layer(layer):
+        return MLP(config)
+    shared = MLP(config, config.shared_ffn_dim) if config.moe.shared_experts else None
+    return MoE(config, ACTIVATIONS[config.ffn], shared)
+
+
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
         self.attn_norm = make_norm(config, config.d_model)
         self.attn = Attention(config)
         self.mlp_norm = make_norm(config, config.d_model)
-        self.mlp = MLP(config)
+        self.mlp = make_ffn(config, layer)
 
     def forward(self, x, rope, doc_ids, cache, layer):
         x = x + self.attn(self.attn_norm(x), rope, doc_ids, cache, layer)
@@ -156,7 +177,7 @@ class Transformer(nn.Module):
         self.config = config
         self.embed = nn.Embedding(config.padded_vocab_size, config.d_model)
         self.pos_embed = nn.Embedding(config.max_seq_len, config.d_model) if config.position == "learned" else None
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.norm = make_norm(config, config.d_model)
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
@@ -173,7 +194,7 @@ class Transformer(nn.Module):
         residual_std = std / math.sqrt(2 * self.config.n_layer) if self.config.scaled_residual_init else std
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
-                is_residual_out = name.endswith("attn.out") or name.endswith("mlp.down")
+                is_residual_out = name.endswith(("attn.out", "mlp.down", "mlp.shared.down"))
                 nn.init.normal_(module.weight, mean=0.0, std=residual_std if is_residual_out else std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
@@ -181,6 +202,10 @@ class Transformer(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
             elif isinstance(module, (nn.RMSNorm, nn.LayerNorm)):
                 module.reset_parameters()
+            elif isinstance(module, Experts):
+                module.reset_parameters(std, residual_std)
+            elif isinstance(module, MoE) and module.router_bias is not None:
+                module.router_bias.zero_()
         self.inv_freq.copy_(
             rope_inverse_frequencies(self.config.head_dim_, self.config.rope_theta, self.config.rope_scaling)
         )
@@ -223,6 +248,14 @@ class Transformer(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def moe_layers(self) -> list[MoE]:
+        return [block.mlp for block in self.blocks if isinstance(block.mlp, MoE)]
+
+    def moe_loss(self) -> torch.Tensor | float:
+        """The balancing losses (auxiliary + z-loss, weighted) of the last training forward's MoE layers, to add
+        to the language-modelling loss; 0.0 for a dense model."""
+        return sum((layer.balance_loss for layer in self.moe_layers()), 0.0)
 
     def estimate_flops(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward), from the config's exact accounting."""

@@ -1,7 +1,8 @@
 """Device profiles and deployment constraints: which model fits a device and decodes fast enough.
 
-Single-stream decoding reads every weight and the whole KV cache once per generated token, so its speed is bounded
-by memory bandwidth: tokens/s ~= bandwidth / (weight bytes + KV bytes at the context length). That roofline is an
+Single-stream decoding reads every weight it uses and the whole KV cache once per generated token, so its speed is
+bounded by memory bandwidth: tokens/s ~= bandwidth / (weight bytes read + KV bytes at the context length). For a
+Mixture-of-Experts model memory holds every expert but a token reads only its active ones. That roofline is an
 upper bound (real kernels reach perhaps 50-80% of it); ``bandwidth_efficiency`` scales it.
 
 The device profiles themselves (peaks, bandwidths, sources) live in :mod:`slmtrain.hardware`.
@@ -47,11 +48,19 @@ class Deployment:
     def profile(self) -> DeviceProfile:
         return get_device(self.device)
 
+    def kv_cache_bytes(self, model: ModelConfig) -> float:
+        return model.kv_cache_bytes_per_token(self.kv_bytes) * self.context
+
     def memory_needed(self, model: ModelConfig) -> float:
-        return model.weight_bytes(self.precision) + model.kv_cache_bytes_per_token(self.kv_bytes) * self.context
+        """Every weight (all experts) and the KV cache at the context."""
+        return model.weight_bytes(self.precision) + self.kv_cache_bytes(model)
+
+    def bytes_read_per_token(self, model: ModelConfig) -> float:
+        """The weights one token uses (its active experts) and the KV cache at the context."""
+        return model.weight_bytes_read_per_token(self.precision) + self.kv_cache_bytes(model)
 
     def decode_tokens_per_s(self, model: ModelConfig) -> float:
-        return self.profile.memory_bandwidth * self.bandwidth_efficiency / self.memory_needed(model)
+        return self.profile.memory_bandwidth * self.bandwidth_efficiency / self.bytes_read_per_token(model)
 
     def fits(self, model: ModelConfig) -> bool:
         return (self.memory_needed(model) <= self.memory_fraction * self.profile.memory_bytes

@@ -1,4 +1,5 @@
-"""Callbacks: per-step metrics (loss, lr, grad norm, tokens, tokens/s, MFU) to RUN_DIR/metrics.csv and the loggers."""
+"""Callbacks: per-step metrics (loss, lr, grad norm, tokens, tokens/s, MFU; an MoE model's router statistics) to
+RUN_DIR/metrics.csv and the loggers."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import torch
 from slmtrain.hardware import CpuPeak, cuda_peak_flops
 
 METRIC_COLUMNS = ("step", "train_loss", "val_loss", "lr", "grad_norm", "tokens_seen", "tokens_per_s", "mfu")
+# An MoE model's columns (LanguageModel.moe_metrics); moe_expert_load is a JSON list per layer of per-expert fractions.
+MOE_COLUMNS = ("moe_aux_loss", "moe_z_loss", "moe_load_cv", "moe_router_entropy", "moe_dropped_tokens",
+               "moe_expert_load")
 
 
 class PeakFlops:
@@ -95,10 +99,12 @@ class MetricsLogger(pl.Callback):
         self.step_started = 0.0
         self.step_lr = float("nan")
         self.last_val_step = -1
+        self.columns = METRIC_COLUMNS
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
         self.peak = PeakFlops(pl_module.device, dtype, trainer.world_size)
+        self.columns = METRIC_COLUMNS + (MOE_COLUMNS if pl_module.model.moe_layers() else ())
         if trainer.is_global_zero:
             self._truncate_after(trainer.global_step)
             if self.progress:
@@ -117,7 +123,7 @@ class MetricsLogger(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if outputs:  # None or {} when a non-finite batch was skipped
-            self.step_losses.append(outputs["loss"].detach() * trainer.accumulate_grad_batches)
+            self.step_losses.append(outputs["lm_loss"])  # without the balancing losses
         if (batch_idx + 1) % trainer.accumulate_grad_batches != 0:
             return
         step = trainer.global_step
@@ -131,6 +137,9 @@ class MetricsLogger(pl.Callback):
             return
         mfu = self.peak.mfu(self.flops_per_token * tokens_per_s)
         pl_module.log_dict({"tokens_per_s": tokens_per_s, "mfu": mfu}, prog_bar=True, on_step=True, on_epoch=False)
+        moe_scalars = {k: float(v) for k, v in pl_module.moe_metrics.items() if not isinstance(v, str)}
+        if moe_scalars:
+            pl_module.log_dict(moe_scalars, on_step=True, on_epoch=False)
         if not trainer.is_global_zero:
             return
         metrics = trainer.callback_metrics
@@ -142,6 +151,7 @@ class MetricsLogger(pl.Callback):
             "tokens_seen": step * self.tokens_per_step,
             "tokens_per_s": round(tokens_per_s, 1),
             "mfu": round(mfu, 5),
+            **pl_module.moe_metrics,
         }
         self._append(row)
         if self.bar is not None:
@@ -162,7 +172,7 @@ class MetricsLogger(pl.Callback):
     def _append(self, row: dict) -> None:
         new = not self.path.is_file()
         with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=self.columns)
             if new:
                 writer.writeheader()
             writer.writerow(row)
@@ -174,7 +184,7 @@ class MetricsLogger(pl.Callback):
             rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
         tmp = self.path.with_suffix(".tmp")
         with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=self.columns)
             writer.writeheader()
             writer.writerows(rows)
         tmp.replace(self.path)

@@ -1,8 +1,10 @@
-"""The LightningModule: next-token loss, AdamW with weight-decay groups, the lr schedule, the non-finite-loss guard."""
+"""The LightningModule: next-token loss (plus an MoE model's balancing losses), AdamW with weight-decay groups, the lr
+schedule, the non-finite-loss guard, and an MoE model's per-step router statistics and loss-free bias update."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 from typing import Any
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from slmtrain.model.config import ModelConfig
+from slmtrain.model.moe import MoE
 from slmtrain.model.transformer import Transformer
 from slmtrain.train.config import TrainConfig
 from slmtrain.train.data import document_ids
@@ -23,6 +26,37 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+class RouterStats:
+    """The MoE layers' router statistics over one optimizer step (its micro-batches summed)."""
+
+    def __init__(self) -> None:
+        self.load: torch.Tensor | None = None  # (layers, experts) tokens routed to each expert
+        self.assignments = 0  # token-expert assignments the routers were asked for: tokens x top_k x layers
+        self.aux_loss = self.z_loss = self.entropy = torch.zeros(())  # sums of the layers' means, detached
+        self.batches = 0
+
+    def add(self, layers: list[MoE], tokens: int) -> None:
+        load = torch.stack([layer.load for layer in layers])
+        self.load = load if self.load is None else self.load + load
+        self.assignments += sum(tokens * layer.top_k for layer in layers)
+        self.aux_loss = self.aux_loss + torch.stack([layer.aux_loss for layer in layers]).detach().mean().cpu()
+        self.z_loss = self.z_loss + torch.stack([layer.z_loss for layer in layers]).detach().mean().cpu()
+        self.entropy = self.entropy + torch.stack([layer.router_entropy for layer in layers]).mean().cpu()
+        self.batches += 1
+
+    def metrics(self, load: torch.Tensor) -> dict[str, float | int | str]:
+        """``load``: this step's load summed over all ranks. Per-expert fractions of each layer's tokens, their
+        coefficient of variation (std / mean, 0 when perfectly balanced, mean over layers), the assignments no
+        expert computed (0: routing is dropless), and the rank-0 means of the losses and router entropy."""
+        fractions = load / load.sum(dim=1, keepdim=True)
+        cv = (load.std(dim=1, correction=0) / load.mean(dim=1)).mean()
+        return {"moe_aux_loss": round(float(self.aux_loss) / self.batches, 6),
+                "moe_z_loss": round(float(self.z_loss) / self.batches, 6), "moe_load_cv": round(float(cv), 6),
+                "moe_router_entropy": round(float(self.entropy) / self.batches, 6),
+                "moe_dropped_tokens": self.assignments - int(self.load.sum()),
+                "moe_expert_load": json.dumps([[round(f, 4) for f in row] for row in fractions.tolist()])}
+
+
 class LanguageModel(pl.LightningModule):
     def __init__(self, config: TrainConfig, model_config: ModelConfig, total_steps: int, eos_id: int):
         super().__init__()
@@ -30,6 +64,8 @@ class LanguageModel(pl.LightningModule):
         self.total_steps, self.eos_id = total_steps, eos_id
         self.model = Transformer(model_config)
         self.nan_skips = 0
+        self.router_stats = RouterStats()
+        self.moe_metrics: dict[str, float | int | str] = {}  # the last optimizer step's, for MetricsLogger
         # What a checkpoint needs to rebuild the model without this code's config objects (plain types only, so
         # checkpoints load with torch.load(weights_only=True)).
         self.save_hyperparameters(
@@ -45,7 +81,7 @@ class LanguageModel(pl.LightningModule):
         logits = self(inputs, doc_ids)
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor] | None:
         loss = self.loss(batch)
         if not torch.isfinite(loss):
             if self.config.nan_policy == "stop" or self.nan_skips >= self.config.max_nan_skips:
@@ -57,7 +93,19 @@ class LanguageModel(pl.LightningModule):
             self.print(f"warning: non-finite loss at step {self.global_step}, batch skipped ({self.nan_skips})")
             return None
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False)
-        return loss
+        if moe_layers := self.model.moe_layers():
+            self.router_stats.add(moe_layers, tokens=batch[:, :-1].numel())
+        return {"loss": loss + self.model.moe_loss(), "lm_loss": loss.detach()}
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)  # runs the step's last micro-batch (the closure) and the update
+        stats, self.router_stats = self.router_stats, RouterStats()
+        if stats.load is None:
+            return
+        load = self.trainer.strategy.reduce(stats.load, reduce_op="sum")  # every rank's tokens: identical biases
+        for layer, layer_load in zip(self.model.moe_layers(), load):
+            layer.update_router_bias(layer_load)
+        self.moe_metrics = stats.metrics(load)
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self.log("val_loss", self.loss(batch), prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)

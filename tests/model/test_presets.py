@@ -26,6 +26,10 @@ PUBLISHED_PARAMS = {
     "llama3.2-3b": 3_212_749_824,
     "qwen2.5-0.5b": 494_032_768,
     "qwen2.5-1.5b": 1_543_714_304,
+    # Mixture-of-Experts (every expert counted; active counts in tests/model/test_moe.py)
+    "olmoe-1b-7b": 6_919_161_856,
+    "qwen1.5-moe-a2.7b": 14_315_784_192,
+    "mixtral-8x7b": 46_702_792_704,
 }
 
 # The shape-defining values of the published config.json files (HuggingFaceTB/SmolLM2-135M,

@@ -1,24 +1,35 @@
 """Hugging Face interop: export to a directory transformers loads (config.json + model.safetensors), and import
-Llama / Qwen2 / Qwen3 directories (SmolLM, TinyLlama, MobileLLM-as-Llama...) saved by transformers.
+Llama / Qwen2 / Qwen3 directories (SmolLM, TinyLlama, MobileLLM-as-Llama...) and the Mixture-of-Experts Mixtral /
+OLMoE / Qwen2-MoE directories saved by transformers.
 
-Architecture choice on export: q/k/v biases need Qwen2, QK-norm needs Qwen3, everything else is Llama. Only
-safetensors are read (no pickles) and no remote code ever runs.
+Architecture choice on export: dense models are Llama, Qwen2 with q/k/v biases, Qwen3 with QK-norm. MoE models are
+Mixtral (softmax, top-k renormalised), OLMoE with QK-norm over the projections, Qwen2-MoE with a gated shared
+expert (and optional dense first layers); what none of them can represent (sigmoid routing, a loss-free routing
+bias...) is an error naming it. Experts are written one tensor per expert, the layout transformers saves and the
+released checkpoints use. Only safetensors are read (no pickles) and no remote code ever runs.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from slmtrain.config import ConfigError, UserError
-from slmtrain.model.config import ModelConfig, RopeScaling
+from slmtrain.model.config import ModelConfig, MoEConfig, RopeScaling
 from slmtrain.model.transformer import Transformer, rope_inverse_frequencies
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+MOE_MODEL_TYPES = ("mixtral", "olmoe", "qwen2_moe")
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", *MOE_MODEL_TYPES)
+# model_type -> (transformers config class, model class)
+HF_CLASSES = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+              "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"), "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
+              "olmoe": ("OlmoeConfig", "OlmoeForCausalLM"), "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM")}
 SUPPORTED_ACTIVATIONS = {"silu": "swiglu", "gelu_pytorch_tanh": "geglu"}
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -39,9 +50,43 @@ def hf_architecture(config: ModelConfig) -> str:
         unsupported.append(f"ffn={config.ffn} (needs swiglu or geglu)")
     if config.qk_norm and config.qkv_bias:
         unsupported.append("qk_norm together with qkv_bias")
+    model_type = "qwen3" if config.qk_norm else "qwen2" if config.qkv_bias else "llama"
+    if config.moe is not None:
+        model_type = _moe_architecture(config, unsupported)
+    elif config.qk_norm and config.qk_norm_scope != "head":
+        unsupported.append(f"qk_norm_scope={config.qk_norm_scope} in a dense model (Qwen3 normalises per head)")
     if unsupported:
         raise ConfigError("model", "no Hugging Face architecture for " + ", ".join(unsupported))
-    return "qwen3" if config.qk_norm else "qwen2" if config.qkv_bias else "llama"
+    return model_type
+
+
+def _moe_architecture(config: ModelConfig, unsupported: list[str]) -> str:
+    """Mixtral, OLMoE or Qwen2-MoE, appending to ``unsupported`` what the chosen one cannot represent."""
+    moe = config.moe
+    assert moe is not None
+    if moe.score != "softmax":
+        unsupported.append(f"moe.score={moe.score} (Mixtral, OLMoE and Qwen2-MoE route by softmax)")
+    if moe.loss_free_bias:
+        unsupported.append("moe.loss_free_bias (a routing bias that Mixtral, OLMoE and Qwen2-MoE do not have)")
+    if moe.shared_experts:
+        if not moe.shared_gate:
+            unsupported.append("shared experts without moe.shared_gate (Qwen2-MoE gates its shared expert)")
+        if config.qk_norm:
+            unsupported.append("qk_norm together with shared experts (Qwen2-MoE has no QK-norm)")
+        return "qwen2_moe"
+    if moe.dense_layers:
+        unsupported.append("moe.dense_layers without shared experts (only Qwen2-MoE has dense layers)")
+    if config.qk_norm:
+        if config.qk_norm_scope != "projection":
+            unsupported.append("qk_norm_scope=head in an MoE model (OLMoE normalises the whole projection)")
+        if config.head_dim_ * config.n_head != config.d_model:
+            unsupported.append("an explicit head_dim with OLMoE's QK-norm (it needs n_head * head_dim = d_model)")
+        return "olmoe"
+    if config.qkv_bias:
+        unsupported.append("qkv_bias without shared experts (only Qwen2-MoE has q/k/v biases)")
+    if not moe.renormalize:
+        unsupported.append("moe.renormalize=false without QK-norm or shared experts (Mixtral renormalises)")
+    return "mixtral"
 
 
 def hf_config(config: ModelConfig, bos_id: int | None = None, eos_id: int | None = None):
@@ -49,7 +94,7 @@ def hf_config(config: ModelConfig, bos_id: int | None = None, eos_id: int | None
     import transformers
 
     model_type = hf_architecture(config)
-    cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}
+    config_class, model_class = HF_CLASSES[model_type]
     rope_scaling: dict[str, Any] | None = None
     if config.rope_scaling.kind == "linear":
         rope_scaling = {"rope_type": "linear", "factor": config.rope_scaling.factor}
@@ -81,11 +126,46 @@ def hf_config(config: ModelConfig, bos_id: int | None = None, eos_id: int | None
     )
     if model_type == "llama":
         kwargs.update(attention_bias=False, mlp_bias=False)
-    if model_type == "qwen3":
+    if model_type in ("qwen3", "olmoe"):
         kwargs.update(attention_bias=False)
-    hf = cls[model_type](**kwargs)
-    hf.architectures = [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[model_type]]
+    if config.moe is not None:
+        kwargs.update(_hf_moe_kwargs(config, model_type))
+    hf = getattr(transformers, config_class)(**kwargs)
+    hf.architectures = [model_class]
     return hf
+
+
+def _hf_moe_kwargs(config: ModelConfig, model_type: str) -> dict[str, Any]:
+    moe = config.moe
+    assert moe is not None
+    kwargs: dict[str, Any] = dict(num_experts_per_tok=moe.top_k, router_aux_loss_coef=moe.aux_loss_coef)
+    if model_type == "mixtral":
+        return {**kwargs, "num_local_experts": moe.experts, "intermediate_size": config.expert_ffn_dim,
+                "router_jitter_noise": 0.0, "sliding_window": None}
+    kwargs.update(num_experts=moe.experts, norm_topk_prob=moe.renormalize)
+    if model_type == "olmoe":
+        return {**kwargs, "intermediate_size": config.expert_ffn_dim, "clip_qkv": None}
+    return {**kwargs, "moe_intermediate_size": config.expert_ffn_dim, "intermediate_size": config.ffn_dim,
+            "shared_expert_intermediate_size": config.shared_ffn_dim, "decoder_sparse_step": 1,
+            "mlp_only_layers": list(range(moe.dense_layers)), "qkv_bias": config.qkv_bias,
+            "use_sliding_window": False}
+
+
+def hf_moe_prefix(model_type: str, layer: int) -> str:
+    """Where a layer's router and experts live in a transformers state dict."""
+    return f"model.layers.{layer}.{'block_sparse_moe' if model_type == 'mixtral' else 'mlp'}."
+
+
+def hf_expert_names(model_type: str, layer: int, expert: int) -> tuple[str, str, str]:
+    """The (gate, up, down) tensor names of one expert, as transformers saves them and released checkpoints hold
+    them: Mixtral's w1/w3/w2, OLMoE's and Qwen2-MoE's gate_proj/up_proj/down_proj."""
+    base = f"{hf_moe_prefix(model_type, layer)}experts.{expert}."
+    names = ("w1", "w3", "w2") if model_type == "mixtral" else ("gate_proj", "up_proj", "down_proj")
+    return tuple(f"{base}{name}.weight" for name in names)  # type: ignore[return-value]
+
+
+def is_hf_expert_tensor(name: str) -> bool:
+    return ".experts." in name
 
 
 def to_hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
@@ -108,13 +188,33 @@ def to_hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
         if c.qk_norm:
             out[f"{dst}self_attn.q_norm.weight"] = sd[f"{src}attn.q_norm.weight"]
             out[f"{dst}self_attn.k_norm.weight"] = sd[f"{src}attn.k_norm.weight"]
-        gate, up = sd[f"{src}mlp.up.weight"].chunk(2, dim=0)
-        out[f"{dst}mlp.gate_proj.weight"] = gate
-        out[f"{dst}mlp.up_proj.weight"] = up
-        out[f"{dst}mlp.down_proj.weight"] = sd[f"{src}mlp.down.weight"]
+        if c.is_moe_layer(i):
+            out.update(_moe_to_hf(c, sd, i))
+        else:
+            out.update(_mlp_to_hf(sd, f"{src}mlp.", f"{dst}mlp."))
         out[f"{dst}input_layernorm.weight"] = sd[f"{src}attn_norm.weight"]
         out[f"{dst}post_attention_layernorm.weight"] = sd[f"{src}mlp_norm.weight"]
     return {k: v.detach().contiguous() for k, v in out.items()}
+
+
+def _mlp_to_hf(sd: dict[str, torch.Tensor], src: str, dst: str) -> dict[str, torch.Tensor]:
+    """A gated MLP (dense, or the shared experts) with its fused gate/up matrix split in two."""
+    gate, up = sd[f"{src}up.weight"].chunk(2, dim=0)
+    return {f"{dst}gate_proj.weight": gate, f"{dst}up_proj.weight": up, f"{dst}down_proj.weight": sd[f"{src}down.weight"]}
+
+
+def _moe_to_hf(config: ModelConfig, sd: dict[str, torch.Tensor], layer: int) -> dict[str, torch.Tensor]:
+    model_type = hf_architecture(config)
+    src, dst = f"blocks.{layer}.mlp.", hf_moe_prefix(model_type, layer)
+    out = {f"{dst}gate.weight": sd[f"{src}router.weight"]}
+    for expert in range(config.moe.experts):
+        gate_name, up_name, down_name = hf_expert_names(model_type, layer, expert)
+        out[gate_name], out[up_name] = sd[f"{src}experts.up"][expert].chunk(2, dim=0)
+        out[down_name] = sd[f"{src}experts.down"][expert]
+    if config.moe.shared_experts:
+        out.update(_mlp_to_hf(sd, f"{src}shared.", f"{dst}shared_expert."))
+        out[f"{dst}shared_expert_gate.weight"] = sd[f"{src}shared_gate.weight"]
+    return out
 
 
 def export_hf(
@@ -165,10 +265,14 @@ def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     if hf.get("mlp_bias"):
         raise ConfigError("mlp_bias", "MLP biases are not supported")
     attention_bias = bool(hf.get("attention_bias", False))
-    if attention_bias and model_type in ("llama", "qwen3"):
+    if attention_bias and model_type in ("llama", "qwen3", "olmoe"):
         raise ConfigError("attention_bias", "biases on every attention projection (incl. the output) are not supported")
-    if model_type == "qwen2" and hf.get("use_sliding_window"):
+    if model_type in ("qwen2", "qwen2_moe") and hf.get("use_sliding_window"):
         raise ConfigError("use_sliding_window", "sliding-window attention is not supported")
+    if model_type == "mixtral" and hf.get("sliding_window") is not None:
+        raise ConfigError("sliding_window", "sliding-window attention is not supported")
+    if model_type == "olmoe" and hf.get("clip_qkv") is not None:
+        raise ConfigError("clip_qkv", "clipping of q/k/v activations is not supported")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     theta = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
     rope_type = rope.get("rope_type", rope.get("type", "default"))
@@ -186,6 +290,10 @@ def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
             original_max_seq_len=int(rope["original_max_position_embeddings"]),
         )
     n_head = int(hf["num_attention_heads"])
+    try:
+        moe = _moe_config_from_hf(hf) if model_type in MOE_MODEL_TYPES else None
+    except ConfigError as e:  # an invalid MoEConfig: name the key under moe
+        raise (e if e.key in hf else e.under("moe")) from None
     return ModelConfig(
         vocab_size=int(hf["vocab_size"]),
         n_layer=int(hf["num_hidden_layers"]),
@@ -196,30 +304,66 @@ def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         ffn_hidden=int(hf["intermediate_size"]),
         ffn=SUPPORTED_ACTIVATIONS[act],
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        qk_norm=model_type == "qwen3",
+        qk_norm=model_type in ("qwen3", "olmoe"),
+        qk_norm_scope="projection" if model_type == "olmoe" else "head",
         rope_theta=theta,
         rope_scaling=scaling,
         max_seq_len=int(hf.get("max_position_embeddings", 2048)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),  # transformers' default for all three types
-        qkv_bias=model_type == "qwen2",
+        qkv_bias=model_type == "qwen2" or (model_type == "qwen2_moe" and bool(hf.get("qkv_bias", True))),
         init_std=float(hf.get("initializer_range", 0.02)),
+        moe=moe,
     )
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def _moe_config_from_hf(hf: dict[str, Any]) -> MoEConfig:
+    """The MoE half of a Mixtral / OLMoE / Qwen2-MoE config.json; ConfigError naming what slmtrain cannot route."""
+    model_type = hf["model_type"]
+    if float(hf.get("router_jitter_noise") or 0.0) != 0.0:
+        raise ConfigError("router_jitter_noise", f"router jitter noise ({hf['router_jitter_noise']}) is not supported")
+    aux_loss_coef = float(hf.get("router_aux_loss_coef", 0.001))
+    if model_type == "mixtral":
+        return MoEConfig(experts=int(hf.get("num_local_experts", 8)), top_k=int(hf.get("num_experts_per_tok", 2)),
+                         aux_loss_coef=aux_loss_coef)
+    experts, top_k = int(hf.get("num_experts", 0)), int(hf.get("num_experts_per_tok", 0))
+    if experts == 0:
+        raise ConfigError("num_experts", "0 experts: a dense model saved as MoE is not supported")
+    if model_type == "olmoe":
+        return MoEConfig(experts=experts, top_k=top_k, renormalize=bool(hf.get("norm_topk_prob", False)),
+                         aux_loss_coef=aux_loss_coef)
+    if int(hf.get("decoder_sparse_step", 1)) != 1:
+        raise ConfigError("decoder_sparse_step", f"MoE every {hf['decoder_sparse_step']} layers is not supported "
+                                                 "(only dense first layers: mlp_only_layers=[0, ..., k-1])")
+    dense = sorted(int(i) for i in hf.get("mlp_only_layers") or [])
+    if dense != list(range(len(dense))):
+        raise ConfigError("mlp_only_layers", f"dense layers {dense} are not the first k layers; not supported")
+    shared_width = int(hf.get("shared_expert_intermediate_size", 0))
+    if shared_width == 0:
+        raise ConfigError("shared_expert_intermediate_size", "0: a Qwen2-MoE without its shared expert is not supported")
+    return MoEConfig(experts=experts, top_k=top_k, expert_ffn_hidden=int(hf["moe_intermediate_size"]),
+                     shared_experts=1, shared_ffn_hidden=shared_width, shared_gate=True, dense_layers=len(dense),
+                     renormalize=bool(hf.get("norm_topk_prob", False)), aux_loss_coef=aux_loss_coef)
+
+
+def safetensors_files(path: Path) -> list[Path]:
+    """The directory's weight files: the shards its index names, or its single model.safetensors."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(load_file(str(path / shard)))
-        return state
+        return [path / shard for shard in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
     single = path / "model.safetensors"
     if single.is_file():
-        return load_file(str(single))
+        return [single]
     if any(path.glob("*.bin")) or any(path.glob("*.pt")):
         raise UserError(f"{path}: only safetensors weights are loaded (pickle .bin/.pt files are unsafe to load)")
     raise UserError(f"{path}: no model.safetensors found")
+
+
+def _read_safetensors(path: Path, keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for file in safetensors_files(path):
+        with safe_open(str(file), framework="pt") as f:
+            state.update({name: f.get_tensor(name) for name in f.keys() if keep(name)})
+    return state
 
 
 def from_hf_state_dict(config: ModelConfig, hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -235,27 +379,63 @@ def from_hf_state_dict(config: ModelConfig, hf_state: dict[str, torch.Tensor]) -
         if config.qk_norm:
             sd[f"{dst}attn.q_norm.weight"] = hf_state[f"{src}self_attn.q_norm.weight"]
             sd[f"{dst}attn.k_norm.weight"] = hf_state[f"{src}self_attn.k_norm.weight"]
-        sd[f"{dst}mlp.up.weight"] = torch.cat(
-            [hf_state[f"{src}mlp.gate_proj.weight"], hf_state[f"{src}mlp.up_proj.weight"]], dim=0
-        )
-        sd[f"{dst}mlp.down.weight"] = hf_state[f"{src}mlp.down_proj.weight"]
+        if config.is_moe_layer(i):
+            sd.update(_moe_from_hf(config, hf_state, i))
+        else:
+            sd.update(_mlp_from_hf(hf_state, f"{src}mlp.", f"{dst}mlp."))
         sd[f"{dst}attn_norm.weight"] = hf_state[f"{src}input_layernorm.weight"]
         sd[f"{dst}mlp_norm.weight"] = hf_state[f"{src}post_attention_layernorm.weight"]
     return sd
 
 
-def load_hf(path: str | Path, dtype: torch.dtype = torch.float32) -> Transformer:
-    """An slmtrain Transformer with the weights of a local transformers directory (safetensors only)."""
+def _mlp_from_hf(hf_state: dict[str, torch.Tensor], src: str, dst: str) -> dict[str, torch.Tensor]:
+    up = torch.cat([hf_state[f"{src}gate_proj.weight"], hf_state[f"{src}up_proj.weight"]], dim=0)
+    return {f"{dst}up.weight": up, f"{dst}down.weight": hf_state[f"{src}down_proj.weight"]}
+
+
+def _moe_from_hf(config: ModelConfig, hf_state: dict[str, torch.Tensor], layer: int) -> dict[str, torch.Tensor]:
+    """Router, shared expert and (when the state holds them: see load_hf's ``experts``) the experts of a layer."""
+    model_type = hf_architecture(config)
+    src, dst = hf_moe_prefix(model_type, layer), f"blocks.{layer}.mlp."
+    sd = {f"{dst}router.weight": hf_state[f"{src}gate.weight"]}
+    if hf_expert_names(model_type, layer, 0)[0] in hf_state:
+        sd[f"{dst}experts.up"], sd[f"{dst}experts.down"] = stack_experts(
+            [read_hf_expert(hf_state.__getitem__, model_type, layer, e) for e in range(config.moe.experts)])
+    if config.moe.shared_experts:
+        sd.update(_mlp_from_hf(hf_state, f"{src}shared_expert.", f"{dst}shared."))
+        sd[f"{dst}shared_gate.weight"] = hf_state[f"{src}shared_expert_gate.weight"]
+    return sd
+
+
+def read_hf_expert(get: Callable[[str], torch.Tensor], model_type: str, layer: int,
+                   expert: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One expert in slmtrain's layout, (gate rows then up rows, down), from a tensor getter (a dict's or a
+    memory-mapped file's)."""
+    gate, up, down = (get(name) for name in hf_expert_names(model_type, layer, expert))
+    return torch.cat([gate, up], dim=0), down
+
+
+def stack_experts(experts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([up for up, _ in experts]), torch.stack([down for _, down in experts])
+
+
+def load_hf(path: str | Path, dtype: torch.dtype = torch.float32, *, experts: bool = True) -> Transformer:
+    """An slmtrain Transformer with the weights of a local transformers directory (safetensors only).
+    ``experts=False`` does not read the routed experts of an MoE model: they stay on the meta device, for
+    :mod:`slmtrain.model.offload` to serve from the files on demand."""
     path = Path(path)
     config = model_config_from_hf(read_hf_config(path))
-    hf_state = _read_safetensors(path)
+    hf_state = _read_safetensors(path, keep=lambda name: experts or not is_hf_expert_tensor(name))
     try:
         state = from_hf_state_dict(config, hf_state)
     except KeyError as e:
         raise UserError(f"{path}: weights do not match config.json, missing tensor {e}") from None
     with torch.device("meta"):
         model = Transformer(config)
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    left_out = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=experts, assign=True)
+    if not experts:  # exactly the experts, nothing else
+        assert not left_out.unexpected_keys and all(k.endswith((".experts.up", ".experts.down"))
+                                                    for k in left_out.missing_keys), left_out
     if config.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     inv_freq = rope_inverse_frequencies(config.head_dim_, config.rope_theta, config.rope_scaling)
