@@ -1,4 +1,4 @@
-"""``slmtrain export-hf`` from a checkout (the code is slmtrain/cli/export_hf.py): export a model to a Hugging Face directory (config.json + model.safetensors, and its tokenizer when known) that"""
+"""``slmtrain export-hf`` from a checkout; the command is slmtrain/cli/export_hf.py (``--help`` lists its keys)."""
 
 from slmtrain.cli.export_hf import main
 

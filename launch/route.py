@@ -1,4 +1,4 @@
-"""``slmtrain route`` from a checkout (the code is slmtrain/cli/route.py): route each query to the local model or the cloud, with a threshold calibrated to a quality target."""
+"""``slmtrain route`` from a checkout; the command is slmtrain/cli/route.py (``--help`` lists its keys)."""
 
 from slmtrain.cli.route import main
 

@@ -1,4 +1,4 @@
-"""``slmtrain scaling`` from a checkout (the code is slmtrain/cli/scaling.py): scaling laws from the command line."""
+"""``slmtrain scaling`` from a checkout; the command is slmtrain/cli/scaling.py (``--help`` lists its keys)."""
 
 from slmtrain.cli.scaling import main
 

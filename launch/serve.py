@@ -1,4 +1,4 @@
-"""``slmtrain serve`` from a checkout (the code is slmtrain/cli/serve.py): serve a model over an OpenAI-compatible HTTP API (completions, chat completions, streaming, logprobs)."""
+"""``slmtrain serve`` from a checkout; the command is slmtrain/cli/serve.py (``--help`` lists its keys)."""
 
 from slmtrain.cli.serve import main
 

@@ -1,4 +1,4 @@
-"""``slmtrain tokenize`` from a checkout (the code is slmtrain/cli/tokenize_data.py): train a tokenizer on a sample of curated text (unless already trained), then encode it into token shards."""
+"""``slmtrain tokenize`` from a checkout; the command is slmtrain/cli/tokenize_data.py (``--help`` lists its keys)."""
 
 from slmtrain.cli.tokenize_data import main
 

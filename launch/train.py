@@ -1,4 +1,4 @@
-"""``slmtrain train`` from a checkout (the code is slmtrain/cli/train.py): train a model from a recipe."""
+"""``slmtrain train`` from a checkout; the command is slmtrain/cli/train.py (``--help`` lists its keys)."""
 
 from slmtrain.cli.train import main
 

@@ -202,6 +202,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # key=4096 is a list of one
         if not isinstance(value, (list, tuple)):
             raise ConfigError(path, f"expected a list, got {value!r}")
         item = args[0] if args else Any
