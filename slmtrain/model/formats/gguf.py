@@ -27,7 +27,7 @@ import torch
 
 from slmtrain.config import ConfigError, UserError, check_choice
 from slmtrain.model.config import ModelConfig, RopeScaling
-from slmtrain.model.formats.hf import hf_architecture
+from slmtrain.model.formats.hf import hf_architecture, model_from_state_dict
 from slmtrain.model.transformer import Transformer, rope_inverse_frequencies
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")  # llama.cpp's names, the same as transformers' model types
@@ -39,9 +39,10 @@ QUANTS = {  # every type gguf.quants writes and llama.cpp's CPU backend reads fo
     "q4_1": (Q.Q4_1, gguf.LlamaFileType.MOSTLY_Q4_1), "q4_0": (Q.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
 }
 TOKENIZER_KEY_PREFIX = "tokenizer."
+IGNORES_MERGES = ("llama-bpe",)  # llama.cpp looks whole words up in the vocabulary first, as Llama 3's tokenizer
 
 
-def _pre_tokenizers() -> dict[str, Any]:
+def llama_cpp_pre_tokenizers() -> dict[str, Any]:
     """llama.cpp pre-tokenizer name -> the ``tokenizers`` pre-tokenizer that splits text the same way (llama.cpp's
     src/llama-vocab.cpp holds the regexes; these are the published tokenizer.json originals)."""
     from tokenizers import Regex, pre_tokenizers as pre
@@ -189,7 +190,9 @@ def _write_whole(writer: gguf.GGUFWriter, path: Path) -> None:
         writer.close()
         partial.replace(path)
     except OSError as e:
-        partial.unlink(missing_ok=True)
+        writer.close()
+        if partial.exists():
+            partial.unlink()
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 
 
@@ -202,7 +205,7 @@ def _add_vocabulary(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) ->
     if metadata is not None:
         for key, (value, value_type, sub_type) in metadata.items():
             writer.add_key_value(key, value, value_type, sub_type)
-        return f"{metadata['tokenizer.ggml.model'][0]} (from the imported GGUF)"
+        return f"{metadata['tokenizer.ggml.model'][0]} vocabulary of the imported GGUF"
     processor = getattr(tokenizer, "processor", None)  # slmtrain's tokenizers and exports carry SentencePiece
     if processor is not None:
         return _add_sentencepiece(writer, tokenizer, processor, vocab_size)
@@ -247,11 +250,16 @@ def _add_byte_level_bpe(writer: gguf.GGUFWriter, tokenizer: Any, inner: Any, voc
         raise ConfigError("tokenizer", f"a {model['type']} tokenizer with a {decoder.get('type')} decoder cannot be "
                                        "embedded in GGUF: llama.cpp reads byte-level BPE and SentencePiece")
     splitting = _splitting(backend.get("pre_tokenizer"))
-    pre = next((name for name, candidate in _pre_tokenizers().items()
+    pre = next((name for name, candidate in llama_cpp_pre_tokenizers().items()
                 if _splitting(json.loads(candidate.__getstate__())) == splitting), None)
     if pre is None:
         raise ConfigError("tokenizer", f"pre-tokenizer {json.dumps(backend.get('pre_tokenizer'))[:200]} has no "
                                        "llama.cpp equivalent (known: GPT-2, SmolLM, Llama 3, Qwen2)")
+    whole_words_first = pre in IGNORES_MERGES
+    if bool(model.get("ignore_merges")) != whole_words_first:
+        behaviour = "looks whole words up before merging" if whole_words_first else "always merges"
+        raise ConfigError("tokenizer", f"llama.cpp's {pre} pre-tokenizer {behaviour}; this tokenizer has "
+                                       f"ignore_merges={bool(model.get('ignore_merges'))}")
     if len(inner) > vocab_size:
         raise ConfigError("tokenizer", f"tokenizer has {len(inner)} tokens, the model {vocab_size} rows")
     special = {i for i, token in inner.added_tokens_decoder.items() if token.special}
@@ -312,7 +320,7 @@ def _field(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
     return default if field is None else field.contents()
 
 
-def gguf_model_config(reader: gguf.GGUFReader, tensor_names: set[str], path: Path) -> ModelConfig:
+def gguf_model_config(reader: gguf.GGUFReader, shapes: dict[str, tuple[int, ...]], path: Path) -> ModelConfig:
     """The ModelConfig a GGUF file's metadata describes; UserError naming what slmtrain does not model."""
     arch = _field(reader, "general.architecture")
     if arch not in ARCHITECTURES:
@@ -324,27 +332,37 @@ def gguf_model_config(reader: gguf.GGUFReader, tensor_names: set[str], path: Pat
             raise UserError(f"{path}: metadata {arch}.{name} missing")
         return value
 
+    T = gguf.MODEL_TENSOR
+    if _name(T.TOKEN_EMBD) not in shapes:
+        raise UserError(f"{path}: no {_name(T.TOKEN_EMBD)} tensor")
     n_head, d_model = int(key("attention.head_count")), int(key("embedding_length"))
-    head_dim = int(key("attention.key_length", d_model // n_head))
+    head_dim = int(key("attention.key_length", d_model // n_head))  # stored even when it is d_model // n_head
     if int(key("rope.dimension_count", head_dim)) != head_dim:
         raise UserError(f"{path}: partial rotary embeddings (rope.dimension_count < head_dim) are not supported")
-    if _name(gguf.MODEL_TENSOR.ROPE_FREQS) in tensor_names:
+    if _name(T.ROPE_FREQS) in shapes:
         raise UserError(f"{path}: per-frequency RoPE factors (rope_freqs, Llama 3.1+) are not imported yet")
     scaling_type = _field(reader, f"{arch}.rope.scaling.type", "none")
     if scaling_type not in ("none", "linear"):
         raise UserError(f"{path}: unsupported RoPE scaling {scaling_type!r}; supported: none, linear")
-    scaling = RopeScaling(kind="linear", factor=float(key("rope.scaling.factor"))) if scaling_type == "linear" \
-        else RopeScaling()
-    vocab = _field(reader, f"{arch}.vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
+    scaling = RopeScaling()
+    if scaling_type == "linear":
+        scaling = RopeScaling(kind="linear", factor=float(key("rope.scaling.factor")))
     return ModelConfig(
-        vocab_size=int(vocab), n_layer=int(key("block_count")), d_model=d_model, n_head=n_head,
-        n_kv_head=int(key("attention.head_count_kv", n_head)), head_dim=head_dim,
-        ffn_hidden=int(key("feed_forward_length")), ffn="swiglu", norm_eps=float(key("attention.layer_norm_rms_epsilon")),
-        qk_norm=_name(gguf.MODEL_TENSOR.ATTN_Q_NORM, 0) in tensor_names, rope_theta=float(key("rope.freq_base", 10000.0)),
+        vocab_size=shapes[_name(T.TOKEN_EMBD)][0], n_layer=int(key("block_count")), d_model=d_model, n_head=n_head,
+        n_kv_head=int(key("attention.head_count_kv", n_head)),
+        head_dim=None if head_dim == d_model // n_head else head_dim,
+        ffn_hidden=int(key("feed_forward_length")), ffn="swiglu",
+        norm_eps=_decimal(key("attention.layer_norm_rms_epsilon")), rope_theta=_decimal(key("rope.freq_base", 1e4)),
         rope_scaling=scaling, max_seq_len=int(key("context_length")),
-        tie_embeddings=_name(gguf.MODEL_TENSOR.OUTPUT) not in tensor_names,
-        qkv_bias=_name(gguf.MODEL_TENSOR.ATTN_Q, 0, "bias") in tensor_names,
+        tie_embeddings=_name(T.OUTPUT) not in shapes,
+        qkv_bias=_name(T.ATTN_Q, 0, "bias") in shapes,
+        qk_norm=_name(T.ATTN_Q_NORM, 0) in shapes,
     )
+
+
+def _decimal(value: float) -> float:
+    """A float32 metadata value as the decimal it was written from (1e-05, not 9.99999974e-06)."""
+    return float(str(np.float32(value)))
 
 
 def _state_dict(config: ModelConfig, tensors: dict[str, np.ndarray], interleaved: bool) -> dict[str, torch.Tensor]:
@@ -381,18 +399,17 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Tra
     path = Path(path)
     reader = _open(path)
     tensors = _dequantised_tensors(reader, path)
-    config = gguf_model_config(reader, set(tensors), path)
+    config = gguf_model_config(reader, {name: shape for name, (shape, _, _) in tensors.items()}, path)
     values = {name: array for name, (_, _, array) in tensors.items()}
     try:
         state = _state_dict(config, values, interleaved=_field(reader, "general.architecture") == "llama")
     except KeyError as e:
         raise UserError(f"{path}: tensor {e} missing for the architecture its metadata names") from None
-    model = Transformer(config)
     try:
-        model.load_state_dict(state)
+        model = model_from_state_dict(config, state, dtype)
     except RuntimeError as e:  # shapes that contradict the metadata
         raise UserError(f"{path}: tensors do not match the metadata ({str(e).splitlines()[-1].strip()})") from None
-    return model.to(dtype).eval(), gguf_tokenizer(reader, path)
+    return model, gguf_tokenizer(reader, path)
 
 
 def gguf_tokenizer(reader: gguf.GGUFReader, path: Path) -> GGUFTokenizer | None:
@@ -402,7 +419,7 @@ def gguf_tokenizer(reader: gguf.GGUFReader, path: Path) -> GGUFTokenizer | None:
     if kind not in ("llama", "gpt2"):
         raise UserError(f"{path}: unsupported tokenizer model {kind!r}; supported: llama (SentencePiece), gpt2 (BPE)")
     pre = _field(reader, "tokenizer.ggml.pre", "default")
-    pre_tokenizers = _pre_tokenizers()
+    pre_tokenizers = llama_cpp_pre_tokenizers()
     if kind == "gpt2" and pre not in pre_tokenizers:
         raise UserError(f"{path}: unsupported BPE pre-tokenizer {pre!r}; supported: {', '.join(pre_tokenizers)}")
     metadata = {name: (field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None)
