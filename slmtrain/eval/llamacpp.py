@@ -135,3 +135,20 @@ def bench_engines(model: Transformer, quant: str = "f16", prompt: int = 512, gen
         llama = bench_llama_cpp(path, model.config, prompt, gen, depth, repeats, warmup, profile, threads)
     return {"llama.cpp": {"quant": quant, **llama},
             "pytorch": {"engine": "pytorch", **bench_device(model, prompt, gen, depth, repeats, warmup, profile)}}
+
+
+ENGINE_FIGURES = ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_s", "peak_memory_bytes", "weight_bytes",
+                  "kv_cache_bytes_at_context", "predicted_prefill_tokens_per_s", "predicted_decode_tokens_per_s",
+                  "prefill_measured_over_predicted", "decode_measured_over_predicted")
+
+
+def format_engines(source: str, engines: dict[str, dict[str, Any]]) -> str:
+    """One column per engine, one row per figure."""
+    from slmtrain.eval.report import format_table
+
+    llama, pytorch = engines["llama.cpp"], engines["pytorch"]
+    columns = {f"llama.cpp {llama['quant']}": llama, f"pytorch {pytorch['dtype']}": pytorch}
+    rows = [{"figure": figure, **{name: figures[figure] for name, figures in columns.items()}}
+            for figure in ENGINE_FIGURES]
+    return (f"{source} {llama['test']} on {llama['threads']} threads\n{format_table(rows)}\n"
+            f"memory: llama.cpp {llama['peak_memory_kind']}; pytorch {pytorch['peak_memory_kind']}")

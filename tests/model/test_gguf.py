@@ -237,3 +237,15 @@ def test_bad_gguf_files_are_one_clear_error_each(tmp_path):
     for name, message in cases.items():
         with pytest.raises(UserError, match=message):
             load_model(tmp_path / name)
+
+
+def test_export_gguf_to_an_unwritable_path_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, str(repo / "launch" / "export_gguf.py"), "model=tiny", "out=/proc/m.gguf"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().count("\n") == 0 and "cannot write /proc/m.gguf" in run.stderr
