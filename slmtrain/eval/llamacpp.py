@@ -20,7 +20,7 @@ import torch
 
 from slmtrain.config import UserError
 from slmtrain.eval.runtime import (
-    bench_device, roofline_decode_tokens_per_s, roofline_prefill_tokens_per_s, sample_std, time_runs,
+    Timing, bench_device, roofline_decode_tokens_per_s, roofline_prefill_tokens_per_s, sample_std, time_runs,
 )
 from slmtrain.hardware import DeviceProfile, measure_host_profile
 from slmtrain.model.config import ModelConfig
@@ -65,6 +65,26 @@ def prompt_logits(llm: Any, ids: list[int]) -> np.ndarray:
     return np.array(llm.scores[: len(ids)])
 
 
+def model_bytes(llm: Any) -> int:
+    """Bytes of the weights llama.cpp holds for the model."""
+    import llama_cpp
+
+    return int(llama_cpp.llama_model_size(llm.model))
+
+
+def decode_timing(llm: Any, vocab_size: int, gen: int, depth: int = 0, repeats: int = 5, warmup: int = 1) -> Timing:
+    """Seconds to decode ``gen`` tokens one at a time after ``depth`` tokens of context (filled untimed)."""
+    ids = np.random.default_rng(1).integers(0, vocab_size, depth + 1).tolist()
+    seconds = []
+    for index in range(warmup + repeats):
+        llm.reset()
+        llm.eval(ids[:depth])
+        step = time_runs(lambda: [llm.eval(ids[depth:]) for _ in range(gen)], 1, 0, CPU)
+        if index >= warmup:
+            seconds += step.seconds
+    return Timing(seconds)
+
+
 def bench_llama_cpp(path: str | Path, config: ModelConfig, prompt: int = 512, gen: int = 128, depth: int = 0,
                     repeats: int = 5, warmup: int = 1, profile: DeviceProfile | None = None,
                     threads: int | None = None) -> dict[str, Any]:
@@ -72,9 +92,7 @@ def bench_llama_cpp(path: str | Path, config: ModelConfig, prompt: int = 512, ge
     for ``profile`` (default: this machine, measured) and the measured/predicted ratios."""
     profile = profile or measure_host_profile()
     llm = open_gguf(path, threads, context=max(prompt, depth + gen))
-    generator = np.random.default_rng(0)
-    prompt_ids = generator.integers(0, config.vocab_size, prompt).tolist()
-    context_ids = generator.integers(0, config.vocab_size, depth + 1).tolist()
+    prompt_ids = np.random.default_rng(0).integers(0, config.vocab_size, prompt).tolist()
 
     def prefill() -> None:
         llm.reset()
@@ -86,20 +104,14 @@ def bench_llama_cpp(path: str | Path, config: ModelConfig, prompt: int = 512, ge
 
     prefill_timing = time_runs(prefill, repeats, warmup, CPU)
     ttft = time_runs(first_token, repeats, warmup, CPU)
-    decode_seconds = []
-    for index in range(warmup + repeats):
-        llm.reset()
-        llm.eval(context_ids[:depth])
-        step = time_runs(lambda: [llm.eval(context_ids[depth:]) for _ in range(gen)], 1, 0, CPU)
-        if index >= warmup:
-            decode_seconds.extend(step.seconds)
+    decode = decode_timing(llm, config.vocab_size, gen, depth, repeats, warmup)
     import llama_cpp
 
-    weight_bytes = int(llama_cpp.llama_model_size(llm.model))
+    weight_bytes = model_bytes(llm)
     state_bytes = int(llama_cpp.llama_state_get_size(llm.ctx))
     kv_per_token = config.kv_cache_bytes_per_token(KV_CACHE_ELEMENT_BYTES)
     prefill_tps = [prompt / s for s in prefill_timing.seconds]
-    decode_tps = [gen / s for s in decode_seconds]
+    decode_tps = [gen / s for s in decode.seconds]
     predicted_decode = roofline_decode_tokens_per_s(profile, weight_bytes, kv_per_token * (depth + gen // 2))
     predicted_prefill = roofline_prefill_tokens_per_s(profile, config, "fp32", prompt)
     llm.close()
