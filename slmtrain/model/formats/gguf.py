@@ -1,15 +1,23 @@
-"""GGUF export (the ``gguf`` package), so a model runs in llama.cpp and the tools built on it.
+"""GGUF, llama.cpp's file format (through the ``gguf`` package): export a model with its tokenizer, and import a
+GGUF file back into a Transformer and a tokenizer.
 
-Llama-architecture tensor names and metadata, as llama.cpp's own ``convert_hf_to_gguf.py`` writes them: q and k
-rows are permuted from the rotate-half RoPE layout (slmtrain, transformers) to llama.cpp's interleaved pairs, the
-fused q/k/v and gate/up matrices are split, Llama-3 RoPE scaling becomes a ``rope_freqs`` factor tensor. Matrices
-are stored as f16, q8_0 or q4_0 (quantised by ``gguf.quants``); norms stay f32, and a matrix whose rows are not a
-whole number of quantisation blocks falls back to f16. A SentencePiece tokenizer (slmtrain's) is embedded as
-llama.cpp's ``llama`` vocabulary; other tokenizers are left out, which the result says.
+Architectures: ``llama``, ``qwen2`` (q/k/v biases) and ``qwen3`` (QK-norm), chosen as for Hugging Face export, with
+tensor names and metadata as llama.cpp's own converter writes them. llama.cpp applies RoPE to adjacent pairs for
+``llama`` but rotate-half (NeoX) for the Qwen families, so only ``llama`` q/k rows are permuted. Fused q/k/v and
+gate/up matrices are split, Llama-3 RoPE scaling becomes a ``rope_freqs`` factor tensor. Matrices are stored in the
+chosen type (quantised by ``gguf.quants``); norms and biases stay f32, and a matrix whose rows are not a whole number
+of quantisation blocks is stored as f16, as llama.cpp's quantizer does.
+
+Tokenizers: a SentencePiece model becomes llama.cpp's ``llama`` vocabulary; a Hugging Face byte-level BPE becomes
+``gpt2`` with its merges and the llama.cpp pre-tokenizer whose splitting it uses. The document-start token is the one
+the model was trained with (slmtrain's own models see EOS before every document). No tokenizer: ``none``, token ids
+only. Anything else is an error naming it. Files are written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,33 +25,85 @@ import gguf
 import numpy as np
 import torch
 
-from slmtrain.config import ConfigError, check_choice
-from slmtrain.model.formats.hf import hf_architecture
+from slmtrain.config import ConfigError, UserError, check_choice
+from slmtrain.model.config import ModelConfig, RopeScaling
+from slmtrain.model.formats.hf import hf_architecture, model_from_state_dict
 from slmtrain.model.transformer import Transformer, rope_inverse_frequencies
 
-QUANT_TYPES = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0,
-               "q4_0": gguf.GGMLQuantizationType.Q4_0}
-FILE_TYPES = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-              "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
+ARCHITECTURES = ("llama", "qwen2", "qwen3")  # llama.cpp's names, the same as transformers' model types
+Q = gguf.GGMLQuantizationType
+QUANTS = {  # every type gguf.quants writes and llama.cpp's CPU backend reads for these architectures
+    "f32": (Q.F32, gguf.LlamaFileType.ALL_F32), "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "bf16": (Q.BF16, gguf.LlamaFileType.MOSTLY_BF16), "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+    "q5_1": (Q.Q5_1, gguf.LlamaFileType.MOSTLY_Q5_1), "q5_0": (Q.Q5_0, gguf.LlamaFileType.MOSTLY_Q5_0),
+    "q4_1": (Q.Q4_1, gguf.LlamaFileType.MOSTLY_Q4_1), "q4_0": (Q.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
+}
+TOKENIZER_KEY_PREFIX = "tokenizer."
+IGNORES_MERGES = ("llama-bpe",)  # llama.cpp looks whole words up in the vocabulary first, as Llama 3's tokenizer
 
 
-def _name(tensor: gguf.MODEL_TENSOR, block: int | None = None) -> str:
+def llama_cpp_pre_tokenizers() -> dict[str, Any]:
+    """llama.cpp pre-tokenizer name -> the ``tokenizers`` pre-tokenizer that splits text the same way (llama.cpp's
+    src/llama-vocab.cpp holds the regexes; these are the published tokenizer.json originals)."""
+    from tokenizers import Regex, pre_tokenizers as pre
+
+    def split_then_bytes(pattern: str) -> Any:
+        return pre.Sequence([pre.Split(Regex(pattern), behavior="isolated", invert=False),
+                             pre.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+    words = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|"
+    rest = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    return {
+        "gpt-2": pre.ByteLevel(add_prefix_space=False, use_regex=True),
+        "smollm": pre.Sequence([pre.Digits(individual_digits=True), pre.ByteLevel(add_prefix_space=False)]),
+        "llama-bpe": split_then_bytes(words + r"\p{N}{1,3}" + rest),  # Llama 3
+        "qwen2": split_then_bytes(words + r"\p{N}" + rest),  # Qwen2, Qwen2.5, Qwen3
+    }
+
+
+def _splitting(pre_tokenizer: dict[str, Any] | None) -> Any:
+    """A serialised pre-tokenizer without the keys that only change offsets, so equal splitting compares equal."""
+    if isinstance(pre_tokenizer, dict):
+        return {k: _splitting(v) for k, v in pre_tokenizer.items() if k != "trim_offsets"}
+    if isinstance(pre_tokenizer, list):
+        return [_splitting(v) for v in pre_tokenizer]
+    return pre_tokenizer
+
+
+def _name(tensor: gguf.MODEL_TENSOR, block: int | None = None, suffix: str = "weight") -> str:
     template = gguf.TENSOR_NAMES[tensor]
-    return (template.format(bid=block) if block is not None else template) + ".weight"
+    return (template.format(bid=block) if block is not None else template) + "." + suffix
+
+
+# --------------------------------------------------------------------------------------------------------- export
+def gguf_architecture(config: ModelConfig) -> str:
+    """The llama.cpp architecture that runs ``config`` exactly; ConfigError naming what none of them has."""
+    arch = hf_architecture(config)
+    if config.ffn != "swiglu":
+        raise ConfigError("model", f"llama.cpp's {arch} architecture needs ffn=swiglu, got {config.ffn}")
+    if arch == "qwen2" and config.n_head * config.head_dim_ != config.d_model:
+        raise ConfigError("model", "llama.cpp's qwen2 architecture needs n_head * head_dim == d_model")
+    if arch != "llama" and config.rope_scaling.kind == "llama3":
+        raise ConfigError("model", f"llama.cpp's {arch} architecture has no Llama-3 RoPE scaling")
+    return arch
 
 
 def permute_for_gguf(weight: torch.Tensor, heads: int) -> torch.Tensor:
-    """Rows of a q or k projection from rotate-half order (pairs i, i + d/2) to interleaved (2i, 2i + 1)."""
-    rows, cols = weight.shape
-    return weight.reshape(heads, 2, rows // heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
+    """Rows of a q or k projection (or bias) from rotate-half order (pairs i, i + d/2) to interleaved (2i, 2i + 1)."""
+    rows = weight.shape[0]
+    return weight.reshape(heads, 2, rows // heads // 2, -1).swapaxes(1, 2).reshape(weight.shape)
+
+
+def unpermute_from_gguf(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """The inverse of :func:`permute_for_gguf`."""
+    rows = weight.shape[0]
+    return weight.reshape(heads, rows // heads // 2, 2, -1).swapaxes(1, 2).reshape(weight.shape)
 
 
 def gguf_tensors(model: Transformer) -> dict[str, torch.Tensor]:
     """llama.cpp tensor name -> fp32 tensor in numpy (row-major) layout."""
-    if hf_architecture(model.config) != "llama" or model.config.ffn != "swiglu":
-        raise ConfigError("model", "GGUF export covers the llama architecture: rmsnorm, rope, swiglu, "
-                                   "no qkv_bias or qk_norm")
     c, T = model.config, gguf.MODEL_TENSOR
+    interleaved = gguf_architecture(c) == "llama"
     sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     out = {_name(T.TOKEN_EMBD): sd["embed.weight"][: c.vocab_size], _name(T.OUTPUT_NORM): sd["norm.weight"]}
     if not c.tie_embeddings:  # llama.cpp reuses token_embd when output is absent
@@ -51,19 +111,23 @@ def gguf_tensors(model: Transformer) -> dict[str, torch.Tensor]:
     q_size, kv_size = c.n_head * c.head_dim_, c.kv_heads * c.head_dim_
     for i in range(c.n_layer):
         p = f"blocks.{i}."
-        q, k, v = sd[p + "attn.qkv.weight"].split([q_size, kv_size, kv_size])
+        for suffix in ("weight", "bias") if c.qkv_bias else ("weight",):
+            q, k, v = sd[f"{p}attn.qkv.{suffix}"].split([q_size, kv_size, kv_size])
+            if interleaved:
+                q, k = permute_for_gguf(q, c.n_head), permute_for_gguf(k, c.kv_heads)
+            out |= {_name(T.ATTN_Q, i, suffix): q, _name(T.ATTN_K, i, suffix): k, _name(T.ATTN_V, i, suffix): v}
+        if c.qk_norm:
+            out |= {_name(T.ATTN_Q_NORM, i): sd[p + "attn.q_norm.weight"],
+                    _name(T.ATTN_K_NORM, i): sd[p + "attn.k_norm.weight"]}
         gate, up = sd[p + "mlp.up.weight"].chunk(2)
-        out.update({
+        out |= {
             _name(T.ATTN_NORM, i): sd[p + "attn_norm.weight"],
-            _name(T.ATTN_Q, i): permute_for_gguf(q, c.n_head),
-            _name(T.ATTN_K, i): permute_for_gguf(k, c.kv_heads),
-            _name(T.ATTN_V, i): v,
             _name(T.ATTN_OUT, i): sd[p + "attn.out.weight"],
             _name(T.FFN_NORM, i): sd[p + "mlp_norm.weight"],
             _name(T.FFN_GATE, i): gate,
             _name(T.FFN_UP, i): up,
             _name(T.FFN_DOWN, i): sd[p + "mlp.down.weight"],
-        })
+        }
     if c.rope_scaling.kind == "llama3":  # per-frequency divisors, what llama.cpp applies to its base frequencies
         base = rope_inverse_frequencies(c.head_dim_, c.rope_theta, type(c.rope_scaling)())
         scaled = rope_inverse_frequencies(c.head_dim_, c.rope_theta, c.rope_scaling)
@@ -73,12 +137,15 @@ def gguf_tensors(model: Transformer) -> dict[str, torch.Tensor]:
 
 def export_gguf(model: Transformer, path: str | Path, quant: str = "f16", tokenizer: Any = None,
                 name: str = "slmtrain") -> dict[str, Any]:
-    """Write ``path``; returns a summary (tensor types, bytes, whether a vocabulary was embedded)."""
-    check_choice("quant", quant, tuple(QUANT_TYPES))
+    """Write ``path``; returns a summary (architecture, tensor types, bytes, the vocabulary embedded). Every check
+    runs before the file is opened, and the file appears only once complete."""
+    if quant.lower() in ("q4_k", "q6_k", "q4_k_m", "q5_k_m"):
+        raise ConfigError("quant", f"{quant}: the gguf package cannot quantise K-quants (it only reads them); "
+                                   f"export f16 and run llama.cpp's llama-quantize on it")
+    check_choice("quant", quant, tuple(QUANTS))
     c = model.config
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), "llama")
+    arch = gguf_architecture(c)
+    writer = gguf.GGUFWriter(None, arch)
     writer.add_name(name)
     writer.add_context_length(c.max_seq_len)
     writer.add_embedding_length(c.d_model)
@@ -95,34 +162,66 @@ def export_gguf(model: Transformer, path: str | Path, quant: str = "f16", tokeni
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(c.rope_scaling.factor)
     writer.add_vocab_size(c.vocab_size)
-    writer.add_file_type(FILE_TYPES[quant])
-    vocabulary = _add_sentencepiece_vocab(writer, tokenizer, c.vocab_size)
+    matrix_type, file_type = QUANTS[quant]
+    writer.add_file_type(file_type)
+    vocabulary = _add_vocabulary(writer, tokenizer, c.vocab_size)
     types: dict[str, str] = {}
     for tensor_name, tensor in gguf_tensors(model).items():
         data = tensor.numpy().astype(np.float32)
-        qtype = QUANT_TYPES[quant] if data.ndim == 2 else gguf.GGMLQuantizationType.F32
-        block = gguf.GGML_QUANT_SIZES[qtype][0]
-        if data.shape[-1] % block:
-            qtype = gguf.GGMLQuantizationType.F16
-        if qtype == gguf.GGMLQuantizationType.F32:
-            writer.add_tensor(tensor_name, data)
-        else:
-            writer.add_tensor(tensor_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        qtype = matrix_type if data.ndim == 2 else Q.F32
+        if data.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
+            qtype = Q.F16
+        writer.add_tensor(tensor_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
         types[tensor_name] = qtype.name
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return {"path": str(path), "quant": quant, "bytes": path.stat().st_size, "tensors": len(types),
-            "tensor_types": sorted(set(types.values())), "vocabulary": vocabulary}
+    path = Path(path)
+    _write_whole(writer, path)
+    return {"path": str(path), "architecture": arch, "quant": quant, "bytes": path.stat().st_size,
+            "tensors": len(types), "tensor_types": sorted(set(types.values())), "vocabulary": vocabulary}
 
 
-def _add_sentencepiece_vocab(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) -> str:
-    processor = getattr(tokenizer, "processor", None)  # slmtrain.tokenizer.Tokenizer wraps a SentencePiece model
-    if processor is None:
-        return "none (only SentencePiece tokenizers are embedded; llama.cpp needs one to run the file)"
+def _write_whole(writer: gguf.GGUFWriter, path: Path) -> None:
+    """Write to ``path.partial`` and rename: a failure never leaves a half-written file under the real name."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer.write_header_to_file(partial)
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        partial.replace(path)
+    except OSError as e:
+        writer.close()
+        if partial.exists():
+            partial.unlink()
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _add_vocabulary(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) -> str:
+    """Embed ``tokenizer`` as llama.cpp reads it; returns what was embedded."""
+    if tokenizer is None:
+        writer.add_tokenizer_model("none")
+        return "none (no tokenizer: llama.cpp runs token ids only)"
+    metadata = getattr(tokenizer, "gguf_metadata", None)  # imported from a GGUF: its vocabulary, unchanged
+    if metadata is not None:
+        for key, (value, value_type, sub_type) in metadata.items():
+            writer.add_key_value(key, value, value_type, sub_type)
+        return f"{metadata['tokenizer.ggml.model'][0]} vocabulary of the imported GGUF"
+    processor = getattr(tokenizer, "processor", None)  # slmtrain's tokenizers and exports carry SentencePiece
+    if processor is not None:
+        return _add_sentencepiece(writer, tokenizer, processor, vocab_size)
+    inner = getattr(tokenizer, "inner", None)  # a transformers tokenizer (HFTokenizer)
+    if getattr(inner, "backend_tokenizer", None) is not None:
+        return _add_byte_level_bpe(writer, tokenizer, inner, vocab_size)
+    raise ConfigError("tokenizer", f"{type(tokenizer).__name__} cannot be embedded in GGUF: llama.cpp reads "
+                                   f"SentencePiece and Hugging Face byte-level BPE tokenizers")
+
+
+def _add_sentencepiece(writer: gguf.GGUFWriter, tokenizer: Any, processor: Any, vocab_size: int) -> str:
+    from sentencepiece import sentencepiece_model_pb2
+
     if processor.vocab_size() != vocab_size:
         raise ConfigError("tokenizer", f"tokenizer has {processor.vocab_size()} pieces, the model {vocab_size} rows")
+    proto = sentencepiece_model_pb2.ModelProto.FromString(processor.serialized_model_proto())
     pieces = range(processor.vocab_size())
     kinds = [gguf.TokenType.UNKNOWN if processor.is_unknown(i) else gguf.TokenType.CONTROL if processor.is_control(i)
              else gguf.TokenType.BYTE if processor.is_byte(i) else gguf.TokenType.UNUSED if processor.is_unused(i)
@@ -131,19 +230,219 @@ def _add_sentencepiece_vocab(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size
     writer.add_token_list([processor.id_to_piece(i) for i in pieces])
     writer.add_token_scores([processor.get_score(i) for i in pieces])
     writer.add_token_types(kinds)
-    for add, token in ((writer.add_bos_token_id, processor.bos_id()), (writer.add_eos_token_id, processor.eos_id()),
-                       (writer.add_unk_token_id, processor.unk_id()), (writer.add_pad_token_id, processor.pad_id())):
+    writer.add_add_space_prefix(proto.normalizer_spec.add_dummy_prefix)
+    ids = _document_tokens(tokenizer) | {"unk": processor.unk_id(), "pad": processor.pad_id()}
+    for kind, token in ids.items():
         if token >= 0:
-            add(token)
+            getattr(writer, f"add_{kind}_token_id")(token)
+    writer.add_add_bos_token("bos" in ids)  # a document-start token is always prepended, as in training
+    writer.add_add_eos_token(False)
+    template = getattr(getattr(tokenizer, "inner", None), "chat_template", None)
+    if template:
+        writer.add_chat_template(template)
     return "sentencepiece (llama)"
 
 
+def _add_byte_level_bpe(writer: gguf.GGUFWriter, tokenizer: Any, inner: Any, vocab_size: int) -> str:
+    backend = json.loads(inner.backend_tokenizer.to_str())
+    model, decoder = backend["model"], backend.get("decoder") or {}
+    if model["type"] != "BPE" or model.get("byte_fallback") or decoder.get("type") != "ByteLevel":
+        raise ConfigError("tokenizer", f"a {model['type']} tokenizer with a {decoder.get('type')} decoder cannot be "
+                                       "embedded in GGUF: llama.cpp reads byte-level BPE and SentencePiece")
+    splitting = _splitting(backend.get("pre_tokenizer"))
+    pre = next((name for name, candidate in llama_cpp_pre_tokenizers().items()
+                if _splitting(json.loads(candidate.__getstate__())) == splitting), None)
+    if pre is None:
+        raise ConfigError("tokenizer", f"pre-tokenizer {json.dumps(backend.get('pre_tokenizer'))[:200]} has no "
+                                       "llama.cpp equivalent (known: GPT-2, SmolLM, Llama 3, Qwen2)")
+    whole_words_first = pre in IGNORES_MERGES
+    if bool(model.get("ignore_merges")) != whole_words_first:
+        behaviour = "looks whole words up before merging" if whole_words_first else "always merges"
+        raise ConfigError("tokenizer", f"llama.cpp's {pre} pre-tokenizer {behaviour}; this tokenizer has "
+                                       f"ignore_merges={bool(model.get('ignore_merges'))}")
+    if len(inner) > vocab_size:
+        raise ConfigError("tokenizer", f"tokenizer has {len(inner)} tokens, the model {vocab_size} rows")
+    special = {i for i, token in inner.added_tokens_decoder.items() if token.special}
+    added = set(inner.added_tokens_decoder)
+    tokens = inner.convert_ids_to_tokens(list(range(vocab_size)))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list([token if token is not None else f"[PAD{i}]" for i, token in enumerate(tokens)])
+    writer.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.USER_DEFINED
+                            if i in added or tokens[i] is None else gguf.TokenType.NORMAL for i in range(vocab_size)])
+    with tempfile.TemporaryDirectory() as saved:  # SpecialVocab reads merges, pad/unk and the chat template from files
+        inner.save_pretrained(saved)
+        vocab = gguf.SpecialVocab(saved, load_merges=True, n_vocab=vocab_size)
+    vocab.special_token_ids |= _document_tokens(tokenizer)
+    bos = vocab.special_token_ids.get("bos")  # prepended when the Hugging Face tokenizer prepends it
+    vocab.add_special_token = {"bos": bos is not None and inner.encode("a", add_special_tokens=True)[:1] == [bos],
+                               "eos": False}
+    vocab.add_to_gguf(writer, quiet=True)
+    return f"byte-level BPE (gpt2, pre-tokenizer {pre})"
+
+
+def _document_tokens(tokenizer: Any) -> dict[str, int]:
+    """BOS and EOS as the model uses them: ``tokenizer.bos_id`` is the document-start token (EOS for slmtrain's own
+    models, which see EOS before every document)."""
+    return {kind: int(token) for kind, token in (("bos", tokenizer.bos_id), ("eos", tokenizer.eos_id))
+            if token is not None and token >= 0}
+
+
+# --------------------------------------------------------------------------------------------------------- import
 def read_gguf(path: str | Path) -> dict[str, tuple[tuple[int, ...], str, np.ndarray]]:
-    """Tensor name -> (numpy-order shape, GGML type name, dequantised fp32 values), read back with GGUFReader."""
-    reader = gguf.GGUFReader(str(path))
+    """Tensor name -> (numpy-order shape, GGML type name, dequantised fp32 values)."""
+    return _dequantised_tensors(_open(Path(path)), Path(path))
+
+
+def _open(path: Path) -> gguf.GGUFReader:
+    if not path.is_file():
+        raise UserError(f"GGUF file not found: {path}")
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as e:  # truncated or foreign: the reader fails somewhere in its parsing
+        raise UserError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+
+
+def _dequantised_tensors(reader: gguf.GGUFReader, path: Path) -> dict[str, tuple[tuple[int, ...], str, np.ndarray]]:
     out = {}
     for tensor in reader.tensors:
         shape = tuple(int(n) for n in reversed(tensor.shape))  # GGUF lists the fastest-varying dimension first
-        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+        try:
+            values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+        except (NotImplementedError, ValueError) as e:
+            raise UserError(f"{path}: tensor {tensor.name} ({tensor.tensor_type.name}) cannot be read: {e}") from None
         out[tensor.name] = (shape, tensor.tensor_type.name, values.astype(np.float32))
     return out
+
+
+def _field(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def gguf_model_config(reader: gguf.GGUFReader, shapes: dict[str, tuple[int, ...]], path: Path) -> ModelConfig:
+    """The ModelConfig a GGUF file's metadata describes; UserError naming what slmtrain does not model."""
+    arch = _field(reader, "general.architecture")
+    if arch not in ARCHITECTURES:
+        raise UserError(f"{path}: unsupported architecture {arch!r}; supported: {', '.join(ARCHITECTURES)}")
+
+    def key(name: str, default: Any = None) -> Any:
+        value = _field(reader, f"{arch}.{name}", default)
+        if value is None:
+            raise UserError(f"{path}: metadata {arch}.{name} missing")
+        return value
+
+    T = gguf.MODEL_TENSOR
+    if _name(T.TOKEN_EMBD) not in shapes:
+        raise UserError(f"{path}: no {_name(T.TOKEN_EMBD)} tensor")
+    n_head, d_model = int(key("attention.head_count")), int(key("embedding_length"))
+    head_dim = int(key("attention.key_length", d_model // n_head))  # stored even when it is d_model // n_head
+    if int(key("rope.dimension_count", head_dim)) != head_dim:
+        raise UserError(f"{path}: partial rotary embeddings (rope.dimension_count < head_dim) are not supported")
+    if _name(T.ROPE_FREQS) in shapes:
+        raise UserError(f"{path}: per-frequency RoPE factors (rope_freqs, Llama 3.1+) are not imported yet")
+    scaling_type = _field(reader, f"{arch}.rope.scaling.type", "none")
+    if scaling_type not in ("none", "linear"):
+        raise UserError(f"{path}: unsupported RoPE scaling {scaling_type!r}; supported: none, linear")
+    scaling = RopeScaling()
+    if scaling_type == "linear":
+        scaling = RopeScaling(kind="linear", factor=float(key("rope.scaling.factor")))
+    return ModelConfig(
+        vocab_size=shapes[_name(T.TOKEN_EMBD)][0], n_layer=int(key("block_count")), d_model=d_model, n_head=n_head,
+        n_kv_head=int(key("attention.head_count_kv", n_head)),
+        head_dim=None if head_dim == d_model // n_head else head_dim,
+        ffn_hidden=int(key("feed_forward_length")), ffn="swiglu",
+        norm_eps=_decimal(key("attention.layer_norm_rms_epsilon")), rope_theta=_decimal(key("rope.freq_base", 1e4)),
+        rope_scaling=scaling, max_seq_len=int(key("context_length")),
+        tie_embeddings=_name(T.OUTPUT) not in shapes,
+        qkv_bias=_name(T.ATTN_Q, 0, "bias") in shapes,
+        qk_norm=_name(T.ATTN_Q_NORM, 0) in shapes,
+    )
+
+
+def _decimal(value: float) -> float:
+    """A float32 metadata value as the decimal it was written from (1e-05, not 9.99999974e-06)."""
+    return float(str(np.float32(value)))
+
+
+def _state_dict(config: ModelConfig, tensors: dict[str, np.ndarray], interleaved: bool) -> dict[str, torch.Tensor]:
+    """slmtrain's state dict from llama.cpp tensors: the inverse of :func:`gguf_tensors`."""
+    T = gguf.MODEL_TENSOR
+
+    def get(kind: gguf.MODEL_TENSOR, block: int | None = None, suffix: str = "weight") -> torch.Tensor:
+        return torch.from_numpy(tensors[_name(kind, block, suffix)])
+
+    sd = {"embed.weight": get(T.TOKEN_EMBD), "norm.weight": get(T.OUTPUT_NORM)}
+    sd["lm_head.weight"] = sd["embed.weight"] if config.tie_embeddings else get(T.OUTPUT)
+    for i in range(config.n_layer):
+        p = f"blocks.{i}."
+        for suffix in ("weight", "bias") if config.qkv_bias else ("weight",):
+            q, k, v = get(T.ATTN_Q, i, suffix), get(T.ATTN_K, i, suffix), get(T.ATTN_V, i, suffix)
+            if interleaved:
+                q, k = unpermute_from_gguf(q, config.n_head), unpermute_from_gguf(k, config.kv_heads)
+            sd[f"{p}attn.qkv.{suffix}"] = torch.cat([q, k, v])
+        if config.qk_norm:
+            sd[p + "attn.q_norm.weight"], sd[p + "attn.k_norm.weight"] = get(T.ATTN_Q_NORM, i), get(T.ATTN_K_NORM, i)
+        sd |= {
+            p + "attn_norm.weight": get(T.ATTN_NORM, i),
+            p + "attn.out.weight": get(T.ATTN_OUT, i),
+            p + "mlp_norm.weight": get(T.FFN_NORM, i),
+            p + "mlp.up.weight": torch.cat([get(T.FFN_GATE, i), get(T.FFN_UP, i)]),
+            p + "mlp.down.weight": get(T.FFN_DOWN, i),
+        }
+    return sd
+
+
+def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Transformer, GGUFTokenizer | None]:
+    """A Transformer and tokenizer from a llama.cpp GGUF file: hyperparameters from its metadata, tensors
+    dequantised by the gguf package, the tokenizer rebuilt from its vocabulary (None for ``none``)."""
+    path = Path(path)
+    reader = _open(path)
+    tensors = _dequantised_tensors(reader, path)
+    config = gguf_model_config(reader, {name: shape for name, (shape, _, _) in tensors.items()}, path)
+    values = {name: array for name, (_, _, array) in tensors.items()}
+    try:
+        state = _state_dict(config, values, interleaved=_field(reader, "general.architecture") == "llama")
+    except KeyError as e:
+        raise UserError(f"{path}: tensor {e} missing for the architecture its metadata names") from None
+    try:
+        model = model_from_state_dict(config, state, dtype)
+    except RuntimeError as e:  # shapes that contradict the metadata
+        raise UserError(f"{path}: tensors do not match the metadata ({str(e).splitlines()[-1].strip()})") from None
+    return model, gguf_tokenizer(reader, path)
+
+
+def gguf_tokenizer(reader: gguf.GGUFReader, path: Path) -> GGUFTokenizer | None:
+    kind = _field(reader, "tokenizer.ggml.model")
+    if kind in (None, "none", "no_vocab"):
+        return None
+    if kind not in ("llama", "gpt2"):
+        raise UserError(f"{path}: unsupported tokenizer model {kind!r}; supported: llama (SentencePiece), gpt2 (BPE)")
+    pre = _field(reader, "tokenizer.ggml.pre", "default")
+    pre_tokenizers = llama_cpp_pre_tokenizers()
+    if kind == "gpt2" and pre not in pre_tokenizers:
+        raise UserError(f"{path}: unsupported BPE pre-tokenizer {pre!r}; supported: {', '.join(pre_tokenizers)}")
+    metadata = {name: (field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None)
+                for name, field in reader.fields.items() if name.startswith(TOKENIZER_KEY_PREFIX)}
+    return GGUFTokenizer(path, metadata, pre_tokenizers.get(pre) if kind == "gpt2" else None)
+
+
+class GGUFTokenizer:
+    """A GGUF file's tokenizer: transformers rebuilds it from the vocabulary for encoding (the pre-tokenizer set to
+    llama.cpp's named one), and GGUF export embeds the original metadata unchanged."""
+
+    def __init__(self, path: Path, metadata: dict[str, tuple[Any, gguf.GGUFValueType, Any]], pre_tokenizer: Any):
+        from transformers import AutoTokenizer
+
+        self.inner = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+        if pre_tokenizer is not None:
+            self.inner.backend_tokenizer.pre_tokenizer = pre_tokenizer
+        self.gguf_metadata = metadata
+        self.bos_id = metadata.get("tokenizer.ggml.bos_token_id", (None,))[0]
+        self.eos_id = metadata.get("tokenizer.ggml.eos_token_id", (None,))[0]
+
+    def encode(self, text: str) -> list[int]:
+        return self.inner.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.inner.decode(ids, skip_special_tokens=True)

@@ -1,0 +1,68 @@
+"""Exported GGUF files run in llama.cpp itself (llama-cpp-python): it tokenizes like the model's own tokenizer and,
+from an f16 export, computes slmtrain's logits and greedy continuation, for every architecture and tokenizer kind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from slmtrain.artifacts import load_model
+from slmtrain.eval.llamacpp import greedy, open_gguf, prompt_logits
+from slmtrain.model.formats.gguf import export_gguf
+from tests.eval.eval_helpers import tiny_model
+from tests.model.gguf_helpers import TRICKY_TEXT, byte_level_bpe_model_dir, sentencepiece_tokenizer
+
+ARCHITECTURES = {"llama": {}, "qwen2": {"qkv_bias": True}, "qwen3": {"qk_norm": True, "head_dim": 32}}
+SHARP = {"init_std": 0.3}  # random weights this large give a greedy continuation that is not one repeated token
+NEW_TOKENS = 16
+
+
+@pytest.fixture(scope="module")
+def sentencepiece(tmp_path_factory):
+    return sentencepiece_tokenizer(tmp_path_factory.mktemp("sp"))
+
+
+def assert_runs_like_slmtrain(path, model, prompt: list[int]) -> None:
+    """llama.cpp's logits and greedy continuation of ``prompt`` match slmtrain's (f16 weights)."""
+    llm = open_gguf(path, threads=1, context=model.config.max_seq_len, all_logits=True)
+    ids = torch.tensor([prompt])
+    logits = model(ids)[0].detach().numpy()
+    assert np.abs(prompt_logits(llm, prompt) - logits).max() < 0.02 * np.abs(logits).max()  # f16 rounding
+    expected = model.generate(ids, NEW_TOKENS, temperature=0)[0, len(prompt):].tolist()
+    assert len(set(expected)) > NEW_TOKENS // 2  # a varied continuation: the comparison can fail
+    assert greedy(llm, prompt, NEW_TOKENS) == expected
+    llm.close()
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_an_slmtrain_sentencepiece_model_runs_in_llama_cpp(tmp_path, sentencepiece, arch):
+    model = tiny_model(vocab_size=512, tie_embeddings=arch != "qwen2", **SHARP, **ARCHITECTURES[arch])
+    export_gguf(model, tmp_path / "m.gguf", "f16", sentencepiece)
+    llm = open_gguf(tmp_path / "m.gguf", threads=1)
+    ids = llm.tokenize(TRICKY_TEXT.encode(), add_bos=True, special=False)
+    llm.close()
+    # llama.cpp starts the document with EOS, as the model was trained, then SentencePiece's own pieces
+    assert ids == [sentencepiece.eos_id] + sentencepiece.encode(TRICKY_TEXT)
+    assert_runs_like_slmtrain(tmp_path / "m.gguf", model, ids[:24])
+
+
+@pytest.mark.parametrize("pre,arch", [("gpt-2", "llama"), ("smollm", "llama"), ("llama-bpe", "llama"),
+                                      ("qwen2", "qwen2")])
+def test_a_byte_level_bpe_model_runs_in_llama_cpp_and_tokenizes_like_transformers(tmp_path, pre, arch):
+    loaded = load_model(byte_level_bpe_model_dir(tmp_path / "hf", pre, **SHARP, **ARCHITECTURES[arch]))
+    export_gguf(loaded.model, tmp_path / "m.gguf", "f16", loaded.tokenizer)
+    llm = open_gguf(tmp_path / "m.gguf", threads=1)
+    inner = loaded.tokenizer.inner
+    assert llm.tokenize(TRICKY_TEXT.encode(), add_bos=True, special=False) == inner.encode(TRICKY_TEXT)
+    chat = "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n"
+    assert llm.tokenize(chat.encode(), add_bos=False, special=True) == inner.encode(chat)
+    llm.close()
+    assert_runs_like_slmtrain(tmp_path / "m.gguf", loaded.model, inner.encode(TRICKY_TEXT)[:24])
+
+
+def test_a_model_without_tokenizer_runs_on_token_ids(tmp_path):
+    model = tiny_model(**SHARP)
+    summary = export_gguf(model, tmp_path / "m.gguf", "f16")
+    assert summary["vocabulary"].startswith("none")
+    assert_runs_like_slmtrain(tmp_path / "m.gguf", model, [5, 80, 200, 7, 9, 100])
