@@ -79,7 +79,7 @@ class MetricsLogger(pl.Callback):
         if step % self.every_n_steps and step != trainer.max_steps:
             return
         mfu = self.peak.mfu(self.flops_per_token * tokens_per_s)
-        pl_module.log_dict({"tokens_per_s": tokens_per_s, "mfu": mfu}, prog_bar=True, on_step=True, on_epoch=False)
+        pl_module.log_dict({"tokens_per_s": tokens_per_s, "mfu": mfu}, on_step=True, on_epoch=False)
         if not trainer.is_global_zero:
             return
         metrics = trainer.callback_metrics

@@ -111,7 +111,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
     from slmtrain.train.checkpoint import AtomicCheckpointIO
     from slmtrain.train.data import ShardsDataModule, ensure_shards
     from slmtrain.train.module import LanguageModel, NonFiniteLossError
-    from slmtrain.train.parallel import compile_blocks, lightning_strategy
+    from slmtrain.train.parallel import compile_model, lightning_strategy
 
     run_dir = config.run_path
     ckpt_path = run_dir / LAST_CHECKPOINT
@@ -135,7 +135,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: list | None = No
     pl.seed_everything(config.seed, workers=True, verbose=False)
     module = LanguageModel(config, model_config, total_steps=steps, eos_id=datamodule.eos_id)
     if config.compile:
-        compile_blocks(module.model)
+        compile_model(module.model, config.strategy)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "plan.json").write_text(json.dumps(the_plan, indent=2))
