@@ -73,7 +73,7 @@ class StepProbe(Callback):
 
     def step_done(self, loss: torch.Tensor) -> None:
         if len(self.step_ends) == 1:
-            self.first_loss = float(loss)
+            self.first_loss = float(loss.detach())
         self.step_ends.append(time.perf_counter())
 
     def on_train_start(self, trainer, pl_module) -> None:

@@ -46,14 +46,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 need_hidden_grad=ctx.needs_input_grad[0], need_weight_grad=ctx.needs_input_grad[1],
             )
         ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.backward_done = False
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
+        # Scaled in place: a copy of the head's gradient would be the step's largest tensor at a large vocabulary.
+        # So the gradients can be handed out once only (a second backward, retain_graph=True, is refused).
+        if ctx.backward_done:
+            raise RuntimeError("linear_cross_entropy: backward can run only once through the fused loss")
+        ctx.backward_done = True
         grad_hidden, grad_weight = ctx.saved_tensors
         return (
-            None if grad_hidden is None else grad_hidden * grad_loss,
-            None if grad_weight is None else grad_weight * grad_loss,
+            None if grad_hidden is None else grad_hidden.mul_(grad_loss),
+            None if grad_weight is None else grad_weight.mul_(grad_loss),
             None, None, None, None,
         )
 

@@ -214,7 +214,9 @@ class Transformer(nn.Module):
             cache.length += t
         x = self.norm(x)
         if targets is not None:
-            head = self.lm_head.weight[: self.config.vocab_size]  # padding rows take no part in the softmax
+            head = self.lm_head.weight
+            if self.config.padded_vocab_size != self.config.vocab_size:  # sliced only then: the slice's backward
+                head = head[: self.config.vocab_size]  # writes a full-size gradient; padding stays out of the softmax
             return linear_cross_entropy(x.flatten(0, 1), head, targets.flatten())
         logits = self.lm_head(x)
         if self.config.padded_vocab_size != self.config.vocab_size:

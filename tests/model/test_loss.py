@@ -145,3 +145,13 @@ def test_compiled_training_step_equals_eager() -> None:
         params[compiled] = [p.detach().clone() for p in model.parameters()]
     for compiled_param, eager_param in zip(params[True], params[False]):
         torch.testing.assert_close(compiled_param, eager_param, rtol=1e-5, atol=1e-6)
+
+
+def test_a_second_backward_through_the_fused_loss_is_refused() -> None:
+    """The backward scales the kept gradients in place, so handing them out twice would be wrong: it raises."""
+    hidden = torch.randn(8, 16, requires_grad=True)
+    weight = torch.randn(100, 16, requires_grad=True)
+    loss = linear_cross_entropy(hidden, weight, torch.randint(0, 100, (8,)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="only once"):
+        loss.backward()
