@@ -16,6 +16,7 @@ from torch import nn
 
 from slmtrain.model.attention import attend
 from slmtrain.model.config import ModelConfig, RopeScaling
+from slmtrain.model.loss import linear_cross_entropy
 from slmtrain.model.moe import Experts, MoE
 
 
@@ -216,8 +217,11 @@ class Transformer(nn.Module):
         *,
         doc_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, T, vocab_size). ``doc_ids`` (B, T) masks attention across packed documents."""
+        """Logits (B, T, vocab_size). ``doc_ids`` (B, T) masks attention across packed documents. With ``targets``
+        (B, T) it returns the mean cross-entropy over the targets that are not ``loss.IGNORE_INDEX`` instead, computed
+        chunk by chunk (slmtrain.model.loss) so that the (B, T, vocab) logits never exist."""
         t = input_ids.shape[1]
         start = 0 if cache is None else cache.length
         if start + t > self.config.max_seq_len:
@@ -233,7 +237,13 @@ class Transformer(nn.Module):
             x = block(x, rope, doc_ids, cache, layer)
         if cache is not None:
             cache.length += t
-        logits = self.lm_head(self.norm(x))
+        x = self.norm(x)
+        if targets is not None:
+            head = self.lm_head.weight
+            if self.config.padded_vocab_size != self.config.vocab_size:  # sliced only then: the slice's backward
+                head = head[: self.config.vocab_size]  # writes a full-size gradient; padding stays out of the softmax
+            return linear_cross_entropy(x.flatten(0, 1), head, targets.flatten())
+        logits = self.lm_head(x)
         if self.config.padded_vocab_size != self.config.vocab_size:
             logits = logits[..., : self.config.vocab_size]
         return logits

@@ -136,7 +136,7 @@ class MetricsLogger(pl.Callback):
         if step % self.every_n_steps and step != trainer.max_steps:
             return
         mfu = self.peak.mfu(self.flops_per_token * tokens_per_s)
-        pl_module.log_dict({"tokens_per_s": tokens_per_s, "mfu": mfu}, prog_bar=True, on_step=True, on_epoch=False)
+        pl_module.log_dict({"tokens_per_s": tokens_per_s, "mfu": mfu}, on_step=True, on_epoch=False)
         moe_scalars = {k: float(v) for k, v in pl_module.moe_metrics.items() if not isinstance(v, str)}
         if moe_scalars:
             pl_module.log_dict(moe_scalars, on_step=True, on_epoch=False)

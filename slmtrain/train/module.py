@@ -1,5 +1,6 @@
-"""The LightningModule: next-token loss (plus an MoE model's balancing losses), AdamW with weight-decay groups, the lr
-schedule, the non-finite-loss guard, and an MoE model's per-step router statistics and loss-free bias update."""
+"""The LightningModule: next-token loss (fused with the head, slmtrain.model.loss, plus an MoE model's balancing
+losses), fused AdamW with weight-decay groups, the lr schedule, the non-finite-loss guard, and an MoE model's per-step
+router statistics and loss-free bias update."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from slmtrain.model.config import ModelConfig
 from slmtrain.model.moe import MoE
@@ -24,6 +24,12 @@ from slmtrain.train.schedules import lr_multiplier
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+def adamw_implementation(device: torch.device) -> dict[str, bool]:
+    """One fused kernel for all parameters where torch has one for the device (on CPU 5x faster than the per-tensor
+    loop: 1.9 vs 10 ms per step for 2.4M parameters, 38 vs 250 ms for 35M), else the multi-tensor (foreach) path."""
+    return {"fused": True} if device.type in ("cuda", "cpu", "mps", "xpu") else {"foreach": True}
 
 
 class RouterStats:
@@ -78,8 +84,7 @@ class LanguageModel(pl.LightningModule):
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         inputs, targets = batch[:, :-1], batch[:, 1:]
         doc_ids = document_ids(inputs, self.eos_id) if self.config.data.document_mask else None
-        logits = self(inputs, doc_ids)
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return self.model(inputs, doc_ids=doc_ids, targets=targets)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor] | None:
         loss = self.loss(batch)
@@ -92,7 +97,9 @@ class LanguageModel(pl.LightningModule):
             self.nan_skips += 1
             self.print(f"warning: non-finite loss at step {self.global_step}, batch skipped ({self.nan_skips})")
             return None
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False)
+        # No prog_bar=True here or below: Lightning turns progress-bar values into Python numbers after every batch,
+        # a host sync per step (MetricsLogger draws the bar and reads the values only at logging steps).
+        self.log("train_loss", loss, on_step=True, on_epoch=False, sync_dist=False)
         if moe_layers := self.model.moe_layers():
             self.router_stats.add(moe_layers, tokens=batch[:, :-1].numel())
         return {"loss": loss + self.model.moe_loss(), "lm_loss": loss.detach()}
@@ -108,7 +115,7 @@ class LanguageModel(pl.LightningModule):
         self.moe_metrics = stats.metrics(load)
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        self.log("val_loss", self.loss(batch), prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
+        self.log("val_loss", self.loss(batch), on_step=False, on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self):
         decay, no_decay = [], []
@@ -118,7 +125,7 @@ class LanguageModel(pl.LightningModule):
         opt = self.config.optim
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, fused=torch.cuda.is_available() or None,
+            lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, **adamw_implementation(self.device),
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_multiplier(step, self.total_steps, self.config.schedule, opt.min_lr_ratio)

@@ -7,11 +7,15 @@ from typing import Any
 from slmtrain.model.transformer import Block, Transformer
 
 
-def compile_blocks(model: Transformer) -> None:
-    """torch.compile each transformer block in place: one compiled graph reused by every layer, parameter names
-    unchanged (so checkpoints and the HF export do not see the compilation)."""
-    for block in model.blocks:
-        block.compile()
+def compile_model(model: Transformer, strategy: str) -> None:
+    """torch.compile in place, parameter names unchanged (checkpoints and the HF export do not see it): the whole
+    forward with its fused loss, whose backward AOT autograd compiles too; under FSDP, which wraps each block, every
+    block instead (one graph reused by all layers, the FSDP wrappers between them)."""
+    if strategy == "fsdp":
+        for block in model.blocks:
+            block.compile()
+    else:
+        model.compile()
 
 
 def lightning_strategy(name: str) -> Any:

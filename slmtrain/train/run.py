@@ -124,7 +124,7 @@ def train(config: TrainConfig, resume: bool | str | Path = False, callbacks: lis
     from slmtrain.train.checkpoint import AtomicCheckpointIO
     from slmtrain.train.data import ShardsDataModule, require_shards
     from slmtrain.train.module import LanguageModel, NonFiniteLossError
-    from slmtrain.train.parallel import compile_blocks, lightning_strategy
+    from slmtrain.train.parallel import compile_model, lightning_strategy
 
     run_dir = config.run_path
     last = run_dir / LAST_CHECKPOINT
@@ -152,7 +152,7 @@ def train(config: TrainConfig, resume: bool | str | Path = False, callbacks: lis
     pl.seed_everything(config.seed, workers=True, verbose=False)
     module = LanguageModel(config, model_config, total_steps=steps, eos_id=datamodule.eos_id)
     if config.compile:
-        compile_blocks(module.model)
+        compile_model(module.model, config.strategy)
 
     write_run_identity(config, datamodule.meta, run_dir, the_plan, resumed=resume_from is not None)
     if not config.verbose:

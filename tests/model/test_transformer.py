@@ -268,7 +268,7 @@ def test_init_weights_materialises_a_meta_model() -> None:
 def test_torch_compile_gives_the_same_logits_and_gradients() -> None:
     """fullgraph=True: the whole model traces without graph breaks. The aot_eager backend runs dynamo and AOT
     autograd (the parts that can change semantics) without inductor's C++ build, which costs ~45 s on 2 cores; the
-    inductor path is exercised by bench/model_throughput.py."""
+    inductor path is exercised by bench/train_step.py compile=true."""
     model = tiny_model(n_layer=1).train()
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(11))
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
