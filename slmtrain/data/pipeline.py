@@ -160,7 +160,7 @@ def run_pipeline(name_or_path: str, input: str | Path | None, output: Path, over
         _run_on_slurm(stages, output, workers, config.cluster, wait)
         if not wait:  # submitted: the jobs outlive this process
             return {"pipeline": name_or_path, "output": str(output), "submitted": executor,
-                    "jobs": [_slurm_job_name(output, stage) for stage in stages],
+                    "jobs": [slurm_job_name(output, stage.name) for stage in stages],
                     "next": "re-run the same command with wait=true to wait for the jobs and write the stats"}
     stats = collect_stats(stages, output)
     stats.update(pipeline=name_or_path, input=str(source), output=str(output), executor=executor,
@@ -416,7 +416,7 @@ def _run_on_slurm(stages: list[Stage], output: Path, workers: int, options: dict
     _split_options(options, {"SlurmPipelineExecutor": SlurmPipelineExecutor})
     if not wait and any(stage.before for stage in stages[1:]):
         raise ConfigError("wait", "this pipeline trains a model between stages, in this process: use wait=true")
-    names = [_slurm_job_name(output, stage) for stage in stages]
+    names = [slurm_job_name(output, stage.name) for stage in stages]
     if queued := slurm.queued_jobs(names):
         if not wait:
             raise UserError(f"jobs of this run are still queued or running ({', '.join(j.id for j in queued)}): "
@@ -444,9 +444,9 @@ def _run_on_slurm(stages: list[Stage], output: Path, workers: int, options: dict
             _check_stage_complete(stage, output)
 
 
-def _slurm_job_name(output: Path, stage: Stage) -> str:
+def slurm_job_name(output: Path, stage: str) -> str:
     """Unique to the run (its output folder), so that its jobs can be found in the queue."""
-    return f"curate_{stage.name}_{hashlib.sha256(str(output).encode()).hexdigest()[:8]}"
+    return f"curate_{stage}_{hashlib.sha256(str(output).encode()).hexdigest()[:8]}"
 
 
 def _split_options(options: dict[str, Any], targets: dict[str, Callable]) -> dict[str, dict[str, Any]]:
