@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from slmtrain.config import ConfigError
 from slmtrain.data.demo import write_demo_documents
 from slmtrain.data.pipeline import run_pipeline, slurm_job_name
 from slmtrain.slurm import queued_jobs
@@ -145,6 +146,11 @@ def slurm_jobs(slurm_cluster) -> Iterator[list[str]]:
 
 
 def test_slurm_jobs_match_local_executor(pages, local, tmp_path, slurm_jobs):
+    with pytest.raises(ConfigError, match="cluster.partition: required for executor=slurm"):
+        run_pipeline("fineweb", pages, tmp_path / "no_partition", executor="slurm")
+    with pytest.raises(ConfigError, match="cluster.bogus: unknown key; valid keys: SlurmPipelineExecutor: .*partition"):
+        run_pipeline("fineweb", pages, tmp_path / "bogus", {"cluster": {"partition": "cpu", "bogus": 1}},
+                     executor="slurm")
     stages = ("filter_1", "minhash_1_signatures", "minhash_1_buckets", "minhash_1_cluster", "filter_2")
     slurm_jobs += [slurm_job_name(tmp_path / "slurm", stage) for stage in stages]
     stats = run_pipeline("fineweb", pages, tmp_path / "slurm", {**QUICK, **SLURM}, executor="slurm", workers=2,
