@@ -2,6 +2,8 @@
 
     python launch/train.py recipe=NAME [key.sub=value ...] [ckpt=last] [dry_run=true|json]
     python launch/train.py recipe=NAME grid.optim.lr=[1e-3,3e-3] grid.model.n_layer=[4,8]   # one run per combination
+    python launch/train.py recipe=NAME ... launcher=slurm slurm.nodes=N slurm.ntasks_per_node=M [slurm.KEY=VALUE ...]
+    python launch/train.py recipe=NAME ... print_sbatch=true [slurm.KEY=VALUE ...]   # the job script, not submitted
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from slmtrain.config import ConfigError, cli_main, parse_overrides  # noqa: E402
 from slmtrain.model import presets  # noqa: E402
 from slmtrain.train.config import expand_grid, load_recipe  # noqa: E402
 from slmtrain.train.run import format_plan, plan, train  # noqa: E402
+from slmtrain.train.slurm import launch_on_slurm  # noqa: E402
 
 
 @cli_main
@@ -31,6 +34,13 @@ def main(argv: list[str]) -> int:
         raise ConfigError("ckpt", f"invalid value {ckpt!r}; valid choices: last")
     if dry_run not in (False, True, "json"):
         raise ConfigError("dry_run", f"invalid value {dry_run!r}; valid choices: true, false, json")
+    launcher, print_sbatch = args.pop("launcher", "local"), args.pop("print_sbatch", False)
+    if launcher not in ("local", "slurm"):
+        raise ConfigError("launcher", f"invalid value {launcher!r}; valid choices: local, slurm")
+    slurm_args = args.pop("slurm", {})
+    if launcher == "slurm" or print_sbatch:
+        print(launch_on_slurm(recipe, args, slurm_args, argv, print_only=print_sbatch))
+        return 0
     runs = expand_grid(args)
     base_dir = load_recipe(recipe, runs[0][1]).run_path
     for name, overrides in runs:
