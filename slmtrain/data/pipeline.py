@@ -389,7 +389,10 @@ def _run_on_ray(stages: list[Stage], output: Path, workers: int, options: dict[s
 
     split = _split_options(options, {"ray.init": ray.init, "RayPipelineExecutor": RayPipelineExecutor})
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline machines: no usage reports
-    ray.init(**{"address": "local", **split["ray.init"]})  # "local": a new cluster, even if one runs here
+    runtime_env = {"worker_process_setup_hook": "slmtrain.data.pipeline.ray_worker_setup",
+                   **split["ray.init"].pop("runtime_env", {})}
+    # "local": a new cluster, even where one was started with `ray start`
+    ray.init(**{"address": "local", "runtime_env": runtime_env, **split["ray.init"]})
     try:
         for stage in stages:
             for prepare in stage.before:
@@ -400,6 +403,14 @@ def _run_on_ray(stages: list[Stage], output: Path, workers: int, options: dict[s
             _check_stage_complete(stage, output)
     finally:
         ray.shutdown()
+
+
+def ray_worker_setup() -> None:
+    """Run in every Ray worker of a curation run: datatrove runs each task in a process pool, and a process forked
+    from a Ray worker (many threads) can deadlock on a lock held at fork time; forkserver children start clean."""
+    import multiprocess
+
+    multiprocess.set_start_method("forkserver", force=True)
 
 
 def _run_on_slurm(stages: list[Stage], output: Path, workers: int, options: dict[str, Any], wait: bool) -> None:
