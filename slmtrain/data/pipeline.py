@@ -383,7 +383,8 @@ def _run_on_ray(stages: list[Stage], output: Path, workers: int, options: dict[s
     """Run the stages one after the other on a Ray cluster: a local one started here (``ray.init`` options such as
     ``cluster.num_cpus``) and stopped at the end, or the running cluster at ``cluster.address``. The other
     ``cluster.*`` keys go to datatrove's RayPipelineExecutor (``cpus_per_task``, ``mem_per_cpu_gb``, ...). A task
-    whose worker dies is resubmitted (up to 3 times); one that still fails is left to the next run."""
+    whose worker dies is resubmitted (up to 3 times); one that still fails stops the run, and the next run resumes
+    it."""
     import ray
     from datatrove.executor import RayPipelineExecutor
 
