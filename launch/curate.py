@@ -1,6 +1,7 @@
 """Curate raw documents with a declared pipeline (data_filters/NAME.yaml).
 
-    python launch/curate.py filter=NAME input=PATH output=DIR [executor=local|slurm|ray] [workers=N] [KEY=VALUE ...]
+    python launch/curate.py filter=NAME input=PATH output=DIR [executor=local|slurm|ray] [workers=N] [wait=true]
+                            [KEY=VALUE ...]
 
 KEY=VALUE overrides the pipeline declaration, e.g. ``steps.language.languages=[en,fr]`` or
 ``steps.gopher_repetition.enabled=false``. With ``filter=demo`` and no input, the embedded demo corpus is built.
@@ -27,7 +28,8 @@ class Args:
     output: Path
     input: str | None = None  # a file, a folder, or hf://DATASET; optional for pipelines with a default input
     executor: Literal["local", "slurm", "ray"] = "local"
-    workers: int = 1
+    workers: int = 1  # tasks run at the same time (local processes, Ray tasks, Slurm array jobs)
+    wait: bool = False  # executor=slurm: wait for the jobs and write the stats (else return once submitted)
 
 
 def main(argv: list[str]) -> int:
@@ -35,12 +37,14 @@ def main(argv: list[str]) -> int:
     own = {f.name for f in fields(Args)}
     args = build(Args, {k: v for k, v in values.items() if k in own})
     overrides = {k: v for k, v in values.items() if k not in own}  # the rest tunes the pipeline declaration
-    stats = run_pipeline(args.filter, args.input, args.output, overrides, args.executor, args.workers)
+    stats = run_pipeline(args.filter, args.input, args.output, overrides, args.executor, args.workers,
+                         args.wait)
     if "totals" in stats:
         print(format_table(stats))
         print(f"kept documents: {stats['output']}/kept   stats: {stats['output']}/stats.json, stats.png")
     else:
-        print(f"submitted to {stats['submitted']}; logs under {stats['output']}/logs")
+        print(f"submitted to {stats['submitted']} (jobs {', '.join(stats['jobs'])}); logs under {stats['output']}/logs; "
+              f"{stats['next']}")
     return 0
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydoc_data.topics
 import pytest
 
+from slmtrain.config import REPO_ROOT
 from slmtrain.data.shards import prepare_shards
 from slmtrain.train.config import TrainConfig, load_recipe
 
@@ -49,3 +53,17 @@ def tiny_recipe(shards: Path, run_dir: Path, **overrides) -> TrainConfig:
         else:
             base[key] = value
     return load_recipe("demo", base)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[str]:
+    """The single-node Slurm cluster of .ci/slurm-up.sh (its SLURM_CONF). Started here and stopped at the end,
+    unless it was already running (.ci/run starts it); when the daemons cannot start, their own error fails the test."""
+    up = subprocess.run(["bash", str(REPO_ROOT / ".ci" / "slurm-up.sh")], capture_output=True, text=True, timeout=600)
+    if up.returncode:
+        pytest.fail(f"the Slurm cluster did not start (.ci/slurm-up.sh):\n{up.stderr}", pytrace=False)
+    conf = up.stdout.splitlines()[0].removeprefix("export SLURM_CONF=")
+    os.environ["SLURM_CONF"] = conf  # sbatch exports it to the jobs, whose srun needs it too
+    yield conf
+    if "# started" in up.stdout:
+        subprocess.run(["bash", str(REPO_ROOT / ".ci" / "slurm-down.sh")], check=True, timeout=120)

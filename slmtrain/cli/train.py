@@ -2,6 +2,8 @@
 
     python launch/train.py recipe=NAME [key.sub=value ...] [ckpt=last|PATH] [dry_run=true|json]
     python launch/train.py recipe=NAME grid.optim.lr=[1e-3,3e-3] grid.model.n_layer=[4,8]   # one run per combination
+    python launch/train.py recipe=NAME ... launcher=slurm slurm.nodes=N slurm.ntasks_per_node=M [slurm.KEY=VALUE ...]
+    python launch/train.py recipe=NAME ... print_sbatch=true [slurm.KEY=VALUE ...]   # the job script, not submitted
     model=PRESET is short for model.preset=PRESET; trainer.KEY=VALUE is any lightning.Trainer argument.
 """
 
@@ -9,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from slmtrain.config import ConfigError, build, cli_main, parse_overrides
 from slmtrain.model import presets
@@ -22,6 +24,9 @@ class Args:
     recipe: str = "demo"  # recipes/NAME.yaml (built in) or a path to your own recipe YAML
     ckpt: str | None = None  # last: resume RUN_DIR/checkpoints/last.ckpt exactly; or a checkpoint path of the run
     dry_run: Literal["false", "true", "json"] = "false"  # print the resolved config and plan, train nothing
+    launcher: Literal["local", "slurm"] = "local"  # slurm: submit the run as an sbatch job (srun starts the ranks)
+    print_sbatch: bool = False  # print the Slurm job script instead of submitting or training
+    slurm: dict[str, Any] = field(default_factory=dict)  # sbatch options: nodes, ntasks_per_node, partition, ...
 
 
 def run(argv: list[str]) -> int:
@@ -29,6 +34,11 @@ def run(argv: list[str]) -> int:
     own = {f.name for f in dataclasses.fields(Args)}
     args = build(Args, {k: str(v).lower() if k == "dry_run" else v for k, v in overrides.items() if k in own})
     overrides = {k: v for k, v in overrides.items() if k not in own}
+    if args.launcher == "slurm" or args.print_sbatch:
+        from slmtrain.train.slurm import launch_on_slurm
+
+        print(launch_on_slurm(args.recipe, overrides, args.slurm, argv, print_only=args.print_sbatch))
+        return 0
     runs = expand_grid(overrides)
     base_dir = load_recipe(args.recipe, runs[0][1]).run_path
     configs = [load_recipe(args.recipe, {**delta, "run_dir": str(base_dir / name), "name": name} if name else delta)

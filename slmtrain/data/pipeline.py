@@ -21,6 +21,7 @@ import hashlib
 import inspect
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from datatrove.executor import LocalPipelineExecutor
-from datatrove.executor.base import PipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import (
     MinhashConfig,
@@ -47,6 +47,7 @@ from datatrove.pipeline.filters import (
 from datatrove.pipeline.formatters import PIIFormatter
 from datatrove.pipeline.readers import ParquetReader, WarcReader
 from datatrove.pipeline.writers import JsonlWriter
+from datatrove.utils.stats import PipelineStats
 
 from slmtrain.config import DECLARATIONS_DIR, ConfigError, UserError, build, load_declaration, merge
 from slmtrain.data.filters.embedding_quality import EmbeddingQualityFilter
@@ -91,8 +92,10 @@ class PipelineConfig:
     tasks_per_worker: int = 4  # input shards per worker (more tasks, better balance, more files)
     hf_split: str = "train"
     steps: dict[str, Any] = field(default_factory=dict)
-    # executor=slurm|ray: keyword arguments of datatrove's SlurmPipelineExecutor / RayPipelineExecutor
-    # (slurm needs at least partition; e.g. cluster.partition=cpu cluster.time=12:00:00 cluster.mem_per_cpu_gb=4)
+    # executor=slurm: keyword arguments of datatrove's SlurmPipelineExecutor (partition is required; e.g.
+    # cluster.partition=cpu cluster.time=12:00:00 cluster.mem_per_cpu_gb=4); executor=ray: those of ray.init
+    # (cluster.address=HOST:PORT joins a running cluster, else one is started: cluster.num_cpus=8 ...) and of
+    # datatrove's RayPipelineExecutor (cluster.cpus_per_task=1 cluster.mem_per_cpu_gb=2 ...)
     cluster: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -128,9 +131,11 @@ def load_pipeline_config(name_or_path: str, overrides: dict | None = None) -> Pi
 
 
 def run_pipeline(name_or_path: str, input: str | Path | None, output: Path, overrides: dict | None = None,
-                 executor: str = "local", workers: int = 1) -> dict:
+                 executor: str = "local", workers: int = 1, wait: bool = False) -> dict:
     """Run a curation pipeline; return the stats dict (also written to ``output/stats.json`` and ``stats.png``).
 
+    ``executor=ray`` runs on a Ray cluster (a local one started for the run, or ``cluster.address``);
+    ``executor=slurm`` submits job arrays chained by dependencies and returns at once, unless ``wait``.
     Re-running with the same output skips the tasks that already finished.
     """
     if executor not in EXECUTORS:
@@ -149,13 +154,16 @@ def run_pipeline(name_or_path: str, input: str | Path | None, output: Path, over
                 prepare()
             LocalPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=min(workers, stage.tasks),
                                   logging_dir=str(output / "logs" / stage.name)).run()
+    elif executor == "ray":
+        _run_on_ray(stages, output, workers, config.cluster)
     else:
-        _submit_cluster(stages, executor, output, workers, config.cluster)
-    if executor == "slurm":  # submitted: the jobs outlive this process
-        return {"pipeline": name_or_path, "output": str(output), "submitted": executor,
-                "next": "when the jobs finish, re-run with executor=local and the same workers= to write the stats"}
+        _run_on_slurm(stages, output, workers, config.cluster, wait)
+        if not wait:  # submitted: the jobs outlive this process
+            return {"pipeline": name_or_path, "output": str(output), "submitted": executor,
+                    "jobs": [slurm_job_name(output, stage.name) for stage in stages],
+                    "next": "re-run the same command with wait=true to wait for the jobs and write the stats"}
     stats = collect_stats(stages, output)
-    stats.update(pipeline=name_or_path, input=str(source), output=str(output),
+    stats.update(pipeline=name_or_path, input=str(source), output=str(output), executor=executor,
                  wall_seconds=round(time.perf_counter() - started, 2))
     (output / "stats.json").write_text(json.dumps(stats, indent=2))
     plot_stats(stats, output / "stats.png")
@@ -367,28 +375,112 @@ def _fasttext_trainer(name: str, train: dict, params: dict, output: Path) -> Cal
     return prepare
 
 
-def _submit_cluster(stages: list[Stage], executor: str, output: Path, workers: int, options: dict[str, Any]) -> None:
-    """Chain the stages with ``depends`` on Slurm or Ray (each stage waits for the previous one)."""
-    if any(stage.before for stage in stages):
-        raise ConfigError("executor", "on-the-spot fastText training needs executor=local (or a trained model: "
-                          "drop the step's train: section)")
-    if executor == "slurm" and not options.get("partition"):
+# --------------------------------------------------------------------------------------------------------------
+# Cluster executors
+
+
+def _run_on_ray(stages: list[Stage], output: Path, workers: int, options: dict[str, Any]) -> None:
+    """Run the stages one after the other on a Ray cluster: a local one started here (``ray.init`` options such as
+    ``cluster.num_cpus``) and stopped at the end, or the running cluster at ``cluster.address``. The other
+    ``cluster.*`` keys go to datatrove's RayPipelineExecutor (``cpus_per_task``, ``mem_per_cpu_gb``, ...). A task
+    whose worker dies is resubmitted (up to 3 times); one that still fails stops the run, and the next run resumes
+    it."""
+    import ray
+    from datatrove.executor import RayPipelineExecutor
+
+    split = _split_options(options, {"ray.init": ray.init, "RayPipelineExecutor": RayPipelineExecutor})
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline machines: no usage reports
+    runtime_env = {"worker_process_setup_hook": "slmtrain.data.pipeline.ray_worker_setup",
+                   **split["ray.init"].pop("runtime_env", {})}
+    # "local": a new cluster, even where one was started with `ray start`
+    ray.init(**{"address": "local", "runtime_env": runtime_env, **split["ray.init"]})
+    try:
+        for stage in stages:
+            for prepare in stage.before:
+                prepare()
+            RayPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=min(workers, stage.tasks),
+                                logging_dir=str(output / "logs" / stage.name),
+                                **split["RayPipelineExecutor"]).run()
+            _check_stage_complete(stage, output)
+    finally:
+        ray.shutdown()
+
+
+def ray_worker_setup() -> None:
+    """Run in every Ray worker of a curation run: datatrove runs each task in a process pool, and a process forked
+    from a Ray worker (many threads) can deadlock on a lock held at fork time; forkserver children start clean."""
+    import multiprocess
+
+    multiprocess.set_start_method("forkserver", force=True)
+
+
+def _run_on_slurm(stages: list[Stage], output: Path, workers: int, options: dict[str, Any], wait: bool) -> None:
+    """Submit the stages as Slurm job arrays, each stage after the previous one (``--dependency=afterok``), through
+    datatrove's SlurmPipelineExecutor (``cluster.*`` are its keyword arguments). With ``wait``, wait for them (and
+    first for the jobs of an earlier submission still queued). On-the-spot training runs here between stages, so a
+    later stage that needs it waits for the stages before it."""
+    from datatrove.executor import SlurmPipelineExecutor
+
+    from slmtrain import slurm
+
+    if not options.get("partition"):
         raise ConfigError("cluster.partition", "required for executor=slurm (e.g. cluster.partition=cpu)")
-    previous: PipelineExecutor | None = None
-    for stage in stages:
-        logging_dir = str(output / "logs" / stage.name)
-        if executor == "slurm":
-            from datatrove.executor import SlurmPipelineExecutor
+    _split_options(options, {"SlurmPipelineExecutor": SlurmPipelineExecutor})
+    if not wait and any(stage.before for stage in stages[1:]):
+        raise ConfigError("wait", "this pipeline trains a model between stages, in this process: use wait=true")
+    names = [slurm_job_name(output, stage.name) for stage in stages]
+    if queued := slurm.queued_jobs(names):
+        if not wait:
+            raise UserError(f"jobs of this run are still queued or running ({', '.join(j.id for j in queued)}): "
+                            "re-run with wait=true to wait for them, or scancel them")
+        slurm.wait_for_jobs(names)
+    # the jobs run this environment's Python (launch_pickled_pipeline); sbatch exports this process' variables
+    activate = Path(sys.prefix) / "bin" / "activate"
+    defaults = {"time": "24:00:00", "qos": "", **({"venv_path": str(activate)} if activate.is_file() else {})}
+    chain: SlurmPipelineExecutor | None = None
+    for stage, name in zip(stages, names):
+        if stage.before and chain is not None:  # the stages so far must have finished
+            chain.launch_job()
+            slurm.wait_for_jobs(names)
+            for done in stages[: stages.index(stage)]:
+                _check_stage_complete(done, output)
+            chain = None
+        for prepare in stage.before:
+            prepare()
+        chain = SlurmPipelineExecutor(stage.pipeline, tasks=stage.tasks, logging_dir=str(output / "logs" / stage.name),
+                                      depends=chain, workers=workers, **{**defaults, "job_name": name, **options})
+    chain.launch_job()
+    if wait:
+        slurm.wait_for_jobs(names)
+        for stage in stages:
+            _check_stage_complete(stage, output)
 
-            previous = SlurmPipelineExecutor(stage.pipeline, tasks=stage.tasks, logging_dir=logging_dir,
-                                             depends=previous, workers=workers,
-                                             **{"time": "24:00:00", "job_name": f"curate_{stage.name}", **options})
-        else:
-            from datatrove.executor import RayPipelineExecutor
 
-            previous = RayPipelineExecutor(stage.pipeline, tasks=stage.tasks, logging_dir=logging_dir,
-                                           depends=previous, workers=workers, **options)
-    previous.run()
+def slurm_job_name(output: Path, stage: str) -> str:
+    """Unique to the run (its output folder), so that its jobs can be found in the queue."""
+    return f"curate_{stage}_{hashlib.sha256(str(output).encode()).hexdigest()[:8]}"
+
+
+def _split_options(options: dict[str, Any], targets: dict[str, Callable]) -> dict[str, dict[str, Any]]:
+    """``cluster.*`` keys, each to the function or class whose parameter it names; an unknown key is an error."""
+    split: dict[str, dict[str, Any]] = {name: {} for name in targets}
+    set_here = {"self", "kwargs", "pipeline", "tasks", "workers", "logging_dir", "depends", "job_name"}
+    valid = {name: set(inspect.signature(target).parameters) - set_here for name, target in targets.items()}
+    for key, value in options.items():
+        owner = next((name for name in targets if key in valid[name]), None)
+        if owner is None:
+            raise ConfigError(f"cluster.{key}", "unknown key; valid keys: " + "; ".join(
+                f"{name}: {', '.join(sorted(keys))}" for name, keys in valid.items()))
+        split[owner][key] = value
+    return split
+
+
+def _check_stage_complete(stage: Stage, output: Path) -> None:
+    completions = output / "logs" / stage.name / "completions"
+    missing = [rank for rank in range(stage.tasks) if not (completions / f"{rank:05d}").is_file()]
+    if missing:
+        raise UserError(f"stage {stage.name}: {len(missing)} of {stage.tasks} tasks did not finish (logs: "
+                        f"{output / 'logs' / stage.name}); re-run the same command to run only those")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -400,8 +492,7 @@ def collect_stats(stages: list[Stage], output: Path) -> dict:
     rows: list[dict] = []
     dedup_seconds = 0.0
     for stage in stages:
-        stats_file = output / "logs" / stage.name / "stats.json"
-        step_stats = json.loads(stats_file.read_text()) if stats_file.is_file() else []
+        step_stats = _stage_stats(stage, output)
         if not stage.rows:  # a MinHash signature/bucket/cluster stage: its time goes to the dedup row
             dedup_seconds += sum(_seconds(s) for s in step_stats)
             continue
@@ -425,6 +516,14 @@ def collect_stats(stages: list[Stage], output: Path) -> dict:
     totals = {"documents_in": first["in"], "kept": kept, "removed": removed, "rejected": first["rejected"]}
     totals["balanced"] = totals["documents_in"] == kept + removed + totals["rejected"]
     return {"steps": rows, "totals": totals}
+
+
+def _stage_stats(stage: Stage, output: Path) -> list[dict]:
+    """The stage's per-step stats summed over its tasks' own files: a resumed run counts the tasks of earlier runs,
+    whichever executor ran them."""
+    task_files = [output / "logs" / stage.name / "stats" / f"{rank:05d}.json" for rank in range(stage.tasks)]
+    found = [PipelineStats.from_json(json.loads(path.read_text())) for path in task_files if path.is_file()]
+    return [step.to_dict() for step in sum(found, start=PipelineStats()).stats]
 
 
 def _seconds(step_stats: dict) -> float:

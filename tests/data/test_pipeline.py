@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -193,23 +192,3 @@ def test_unreachable_hub_input_is_one_clear_error(tmp_path: Path, monkeypatch) -
     monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", unreachable)
     with pytest.raises(UserError, match="cannot read hf://org/data from the Hugging Face Hub"):
         run_pipeline("fineweb", "hf://org/data", tmp_path / "out")
-
-
-def test_slurm_submission_chains_every_stage(corpus: Path, tmp_path: Path, monkeypatch) -> None:
-    """A stand-in sbatch records the submissions: one job per stage, each after the previous one."""
-    bin_dir, calls = tmp_path / "bin", tmp_path / "sbatch_calls.txt"
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "$@" >> {calls}\necho "Submitted batch job $$"\n')
-    (bin_dir / "sbatch").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    with pytest.raises(ConfigError, match="cluster.partition: required for executor=slurm"):
-        run_pipeline("fineweb", corpus, tmp_path / "out0", executor="slurm")
-    result = run_pipeline("fineweb", corpus, tmp_path / "out", executor="slurm",
-                          overrides={"cluster": {"partition": "cpu", "time": "02:00:00"}})
-    assert result["submitted"] == "slurm"
-    submissions = [line for line in calls.read_text().splitlines() if "--export=ALL" in line]  # (+ stats jobs)
-    stages = sorted(p.name for p in (tmp_path / "out" / "logs").iterdir())
-    assert len(submissions) == len(stages) == 5  # filter, 3 MinHash stages, filter after dedup
-    assert sum("--dependency=afterok:" in line for line in submissions) == 4
-    script = (tmp_path / "out" / "logs" / "filter_1" / "launch_script.slurm").read_text()
-    assert "#SBATCH --partition=cpu" in script and "#SBATCH --time=02:00:00" in script

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pydoc_data.topics
 
-from slmtrain.artifacts import EosPrefixedTokenizer
+from slmtrain.artifacts import RunTokenizer, TokenizerInfo
 from slmtrain.model.formats.gguf import IGNORES_MERGES, llama_cpp_pre_tokenizers
 from slmtrain.model.formats.hf import export_hf
 from slmtrain.tokenizer import TokenizerSpec, train_tokenizer
@@ -19,9 +19,10 @@ TRICKY_TEXT = ("Hello world! I've told HIM we'LL pay 1234567 or 3.14159 -- café
 CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
 
 
-def sentencepiece_tokenizer(folder: Path) -> EosPrefixedTokenizer:
-    """An slmtrain SentencePiece tokenizer as a trained model's checkpoint presents it (documents start with EOS)."""
-    return EosPrefixedTokenizer(train_tokenizer(TokenizerSpec(vocab_size=512), TEXTS, folder))
+def sentencepiece_tokenizer(folder: Path) -> RunTokenizer:
+    """An slmtrain SentencePiece tokenizer as a trained model's run presents it (documents start with EOS)."""
+    inner = train_tokenizer(TokenizerSpec(vocab_size=512), TEXTS, folder)
+    return RunTokenizer(inner, TokenizerInfo(inner.vocab_size, inner.eos_id, inner.eos_id, inner.bos_id))
 
 
 def byte_level_bpe_model_dir(folder: Path, pre: str, vocab_size: int = 600, **model_overrides) -> Path:

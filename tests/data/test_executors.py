@@ -1,0 +1,194 @@
+"""Curation on real engines: a local Ray cluster and the single-node Slurm cluster of .ci/slurm-up.sh give the same
+kept, removed and rejected documents as the local executor, including after a killed worker or a cancelled job."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from slmtrain.config import ConfigError
+from slmtrain.data.demo import write_demo_documents
+from slmtrain.data.pipeline import run_pipeline, slurm_job_name
+from slmtrain.slurm import queued_jobs
+
+PAGES = 300  # demo pages: FineWeb's filters keep ~40 of them, the demo pipeline ~150
+# Quicker runs: pages over 20k characters are rejected (Gopher's repetition filter is slow on them) and the MinHash
+# runs 2 bucket tasks instead of 14 (fewer jobs to start).
+QUICK = {"max_doc_chars": 20_000, "steps": {"minhash": {"num_buckets": 2}}}
+RAY = {"num_cpus": 2, "object_store_memory": 200_000_000, "include_dashboard": False}  # a small local cluster
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory) -> Path:
+    """300 demo pages in 3 files (3 tasks), plus a corrupt line (a rejected document)."""
+    root = tmp_path_factory.mktemp("pages")
+    lines = (write_demo_documents(root / "all", max_docs=PAGES) / "demo-00000.jsonl").read_bytes().splitlines()
+    (root / "pages").mkdir()
+    for k in range(3):
+        (root / "pages" / f"part{k}.jsonl").write_bytes(b"\n".join(lines[k::3] + [b"{broken"] * (k == 0)) + b"\n")
+    return root / "pages"
+
+
+def outcome(out: Path) -> dict:
+    """What a run decided: its totals, the documents each step removed and the ids of the kept documents."""
+    stats = json.loads((out / "stats.json").read_text())
+    kept = [orjson.loads(line)["id"] for p in (out / "kept").glob("*.jsonl.gz") for line in gzip.open(p)]
+    assert len(kept) == len(set(kept)) == stats["totals"]["kept"]  # no document twice
+    assert (out / "stats.png").stat().st_size > 1_000
+    return {"totals": stats["totals"], "removed": {row["step"]: row["removed"] for row in stats["steps"]},
+            "kept": sorted(kept)}
+
+
+@pytest.fixture(scope="module")
+def local(pages, tmp_path_factory):
+    """The local executor's outcome for a pipeline, computed once."""
+    outcomes: dict[str, dict] = {}
+
+    def run(pipeline: str) -> dict:
+        if pipeline not in outcomes:
+            out = tmp_path_factory.mktemp("local") / pipeline
+            run_pipeline(pipeline, pages, out, QUICK, workers=2)
+            outcomes[pipeline] = outcome(out)
+            assert outcomes[pipeline]["totals"]["kept"] > 20 and outcomes[pipeline]["totals"]["rejected"] > 1
+        return outcomes[pipeline]
+
+    return run
+
+
+@pytest.fixture()
+def no_usage_stats(monkeypatch) -> None:
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.mark.parametrize("pipeline", ["fineweb", "demo"])  # demo trains its fastText model between stages
+def test_ray_local_cluster_matches_local_executor(pipeline, pages, local, tmp_path, no_usage_stats):
+    import ray
+
+    stats = run_pipeline(pipeline, pages, tmp_path / "ray", {**QUICK, "cluster": RAY}, executor="ray", workers=2)
+    assert stats["executor"] == "ray" and not ray.is_initialized()  # the cluster it started is gone
+    assert outcome(tmp_path / "ray") == local(pipeline)
+    assert sorted(p.name for p in (tmp_path / "ray" / "logs" / "filter_1" / "stats").iterdir()) == [
+        "00000.json", "00001.json", "00002.json"]
+
+
+HOLD_CLUSTER = """
+import ray, sys
+ray.init(num_cpus=2, object_store_memory=200_000_000, include_dashboard=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()  # until the test closes stdin
+ray.shutdown()
+"""
+
+
+def rank_worker_pids() -> list[int]:
+    """Ray worker processes running a datatrove task (the actor, not the pool process it forks)."""
+    titles = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            titles[int(proc.name)] = ((proc / "cmdline").read_bytes(), int((proc / "stat").read_text().split()[3]))
+        except (ValueError, OSError):
+            continue
+    busy = {pid for pid, (cmdline, _) in titles.items() if cmdline.startswith(b"ray::RankWorker.run_for_rank")}
+    return [pid for pid in busy if titles[pid][1] not in busy]
+
+
+def test_ray_joined_cluster_survives_a_killed_worker(pages, local, tmp_path, no_usage_stats):
+    """A running cluster is joined with cluster.address=; a worker SIGKILLed mid-task is retried, and the output
+    is the local executor's, with no document lost or written twice."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    try:
+        address = holder.stdout.readline().strip()
+        assert address, "the Ray cluster did not start"
+        killed: list[int] = []
+
+        def kill_the_first_busy_worker() -> None:
+            deadline = time.time() + 90
+            while not killed and time.time() < deadline:
+                if pids := rank_worker_pids():
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(pids[0])
+                time.sleep(0.02)
+
+        killer = threading.Thread(target=kill_the_first_busy_worker, daemon=True)
+        killer.start()
+        stats = run_pipeline("fineweb", pages, tmp_path / "ray", {**QUICK, "cluster": {"address": address}},
+                             executor="ray", workers=2)
+        killer.join(timeout=1)
+        assert killed, "no Ray worker was seen running a task"
+        assert stats["totals"]["balanced"] and outcome(tmp_path / "ray") == local("fineweb")
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+SLURM = {"cluster": {"partition": "cpu", "time": "00:10:00"}}
+
+
+@pytest.fixture()
+def slurm_jobs(slurm_cluster) -> Iterator[list[str]]:
+    """The job names of the runs a test submits: whatever is left of them is cancelled at the end."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        subprocess.run(["scancel", f"--name={name}"], check=True)
+
+
+def test_slurm_jobs_match_local_executor(pages, local, tmp_path, slurm_jobs):
+    with pytest.raises(ConfigError, match="cluster.partition: required for executor=slurm"):
+        run_pipeline("fineweb", pages, tmp_path / "no_partition", executor="slurm")
+    with pytest.raises(ConfigError, match="cluster.bogus: unknown key; valid keys: SlurmPipelineExecutor: .*partition"):
+        run_pipeline("fineweb", pages, tmp_path / "bogus", {"cluster": {"partition": "cpu", "bogus": 1}},
+                     executor="slurm")
+    stages = ("filter_1", "minhash_1_signatures", "minhash_1_buckets", "minhash_1_cluster", "filter_2")
+    slurm_jobs += [slurm_job_name(tmp_path / "slurm", stage) for stage in stages]
+    stats = run_pipeline("fineweb", pages, tmp_path / "slurm", {**QUICK, **SLURM}, executor="slurm", workers=2,
+                         wait=True)
+    assert stats["executor"] == "slurm"
+    assert outcome(tmp_path / "slurm") == local("fineweb")
+    logs = tmp_path / "slurm" / "logs"
+    script = (logs / "filter_1" / "launch_script.slurm").read_text()
+    assert "#SBATCH --array=0-2%2" in script and "srun" in script and "launch_pickled_pipeline" in script
+    job_logs = sorted(p.name for p in (logs / "minhash_1_buckets" / "slurm_logs").glob("*.out"))
+    assert len(job_logs) == 3  # 2 array tasks and the job that merges their stats
+
+
+def dependencies(names: list[str]) -> dict[str, str]:
+    """Job name -> the dependencies it still waits for, as squeue shows them."""
+    out = subprocess.run(["squeue", "--noheader", f"--name={','.join(names)}", "--format=%j|%E"],
+                         capture_output=True, text=True, check=True).stdout
+    return dict(line.split("|") for line in out.splitlines())
+
+
+def test_cancelled_slurm_jobs_resume_when_run_again(pages, local, tmp_path, slurm_jobs):
+    out, completions = tmp_path / "slurm", tmp_path / "slurm" / "logs" / "filter_1" / "completions"
+    submitted = run_pipeline("fineweb", pages, out, {**QUICK, **SLURM}, executor="slurm", workers=2)
+    slurm_jobs += submitted["jobs"]
+    waits = dependencies(submitted["jobs"])
+    assert all(waits[name].startswith("afterok:") for name in submitted["jobs"][1:])  # each after the one before
+    deadline = time.time() + 90
+    while time.time() < deadline and not (completions.is_dir() and any(completions.iterdir())):
+        time.sleep(0.2)
+    job_ids = {job.id.split("_")[0] for job in queued_jobs(submitted["jobs"])}
+    subprocess.run(["scancel", *job_ids], check=True)
+    deadline = time.time() + 30
+    while queued_jobs(submitted["jobs"]) and time.time() < deadline:
+        time.sleep(0.5)
+    done_before = len(list(completions.iterdir()))
+    assert not queued_jobs(submitted["jobs"]) and not (out / "logs" / "filter_2" / "completions").exists()
+
+    run_pipeline("fineweb", pages, out, {**QUICK, **SLURM}, executor="slurm", workers=2, wait=True)
+    assert outcome(out) == local("fineweb")
+    if done_before < 3:  # the re-run ran only the tasks that had not finished
+        assert len(json.loads((out / "logs" / "filter_1" / "ranks_to_run.json").read_text())) == 3 - done_before
