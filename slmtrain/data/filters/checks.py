@@ -1,8 +1,8 @@
 """Pre-flight check of a pipeline step: can it do its work here, before any stage runs?
 
 A step whose library does not import, whose model file is missing or does not load, or that fails on a probe
-document would otherwise fail (or, for extractors, remove every page) deep inside every task. The probe runs on a
-copy of the step, so that nothing loaded here is shipped to the workers, and writes nothing.
+document would otherwise fail (or, for extractors, remove every page) deep inside every task. The probe goes
+through a copy of the step (nothing loaded here is shipped to the workers) without its exclusion writer.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.formatters.base import BaseFormatter
 
 from slmtrain.config import UserError
-from slmtrain.data.filters.extractors import SandboxedExtractor
+from slmtrain.data.filters.extractors import PROBE_PAGE, SandboxedExtractor
 
 PROBE_TEXT = (
     "The program reads its settings from a plain text file when it starts. Each line holds one setting, written "
@@ -26,13 +26,14 @@ PROBE_TEXT = (
 
 
 def check_step(name: str, step: PipelineStep) -> None:
-    """Run the probe through (a copy of) ``step``; raise UserError naming ``steps.NAME`` and the cause."""
+    """Run a probe document through (a copy of) ``step``; raise UserError naming ``steps.NAME`` and the cause."""
     probe = copy.deepcopy(step)
     try:
-        if isinstance(probe, SandboxedExtractor):
-            probe.check()  # imports the library in a sandbox worker and extracts a probe page
-        elif isinstance(probe, BaseFilter):
-            probe.filter_batch([Document(text=PROBE_TEXT, id="probe")])
+        if isinstance(probe, BaseFilter):  # extractors too: their sandbox worker imports the library
+            probe.exclusion_writer = None
+            text = PROBE_PAGE if isinstance(probe, SandboxedExtractor) else PROBE_TEXT
+            for _ in probe.run(iter([Document(text=text, id="probe")])):
+                pass
         elif isinstance(probe, BaseFormatter):
             probe.format(PROBE_TEXT)
         elif isinstance(probe, MinhashDedupSignature):

@@ -4,8 +4,8 @@ Each page is extracted in a sandbox worker process (a hung or crashing page cann
 datatrove's extractors, but with the three failure kinds kept apart:
 
 - the library cannot work (it does not import, the probe page does not extract): the worker cannot start, and the
-  step raises ``ExtractorUnavailable`` (one line) instead of removing every page. ``check()`` runs this probe
-  before any stage starts;
+  step raises ``ExtractorUnavailable`` (one line) instead of removing every page (the pipeline's pre-flight
+  check, ``checks.check_step``, meets this before any stage starts);
 - the worker dies while on a page (killed, out of memory, a crash in the parser): it is restarted and the page is
   tried once more, so an outside kill costs nothing; a page that kills the worker twice is removed as
   ``worker_died``. A worker that cannot be restarted stops the run;
@@ -144,10 +144,6 @@ class SandboxedExtractor(BaseFilter):
 
     def extract(self, html: str) -> str | None:
         raise NotImplementedError
-
-    def check(self) -> None:
-        """Start a worker (imports the library, extracts the probe page) and stop it; raise if it cannot start."""
-        SandboxWorker(self.extract, self.name).start()
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         self._worker, self._seen = SandboxWorker(self.extract, self.name), Counter()
