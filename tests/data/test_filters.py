@@ -177,3 +177,31 @@ def test_perplexity_band_with_a_local_hf_model(tmp_path: Path) -> None:
     assert too_low.filter(docs[0]) == (False, "perplexity_too_low")
     with pytest.raises(UserError, match="config.json"):
         PerplexityFilter(tmp_path / "nowhere")
+
+
+def test_shared_tokenizer_gives_datatrove_filters_the_same_tokens_and_decisions() -> None:
+    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
+                                            GopherRepetitionFilter)
+    from datatrove.utils.word_tokenizers import load_word_tokenizer
+
+    from slmtrain.data.filters import tokenization
+    from slmtrain.data.filters.tokenization import SharedSpaCyTokenizer, shared_tokenizer
+
+    stock, shared = load_word_tokenizer("en"), shared_tokenizer("en")
+    assert isinstance(shared, SharedSpaCyTokenizer) and shared_tokenizer("en") is shared
+    text = PROSE[3]
+    assert shared.word_tokenize(text) == stock.word_tokenize(text) and shared.word_tokenize(text) is shared.word_tokenize(text)
+    assert shared.span_tokenize(text) == stock.span_tokenize(text)
+    assert shared.sent_tokenize(text) == stock.sent_tokenize(text)
+
+    def decisions(language: object, max_lexemes: int) -> list[tuple]:
+        tokenization.MAX_LEXEMES = max_lexemes  # a tiny bound: the pipeline is rebuilt over and over
+        filters = [GopherRepetitionFilter(language=language), GopherQualityFilter(language=language),
+                   C4QualityFilter(filter_no_terminal_punct=False, language=language), FineWebQualityFilter(language=language)]
+        return [(f.filter(Document(text=t, id="d")), ) for t in PROSE[:12] for f in filters]
+
+    original = tokenization.MAX_LEXEMES
+    try:
+        assert decisions(shared, 50) == decisions("en", original)
+    finally:
+        tokenization.MAX_LEXEMES = original
