@@ -44,7 +44,7 @@ def main() -> None:
                 started = time.perf_counter()
                 stats = run_pipeline("fineweb", work / "pages", work / f"{engine}-{workers}", overrides,
                                      executor=engine, workers=workers, wait=True)
-                rates[engine, workers] = stats["totals"]["documents_in"] / (time.perf_counter() - started)
+                rates[engine, workers] = stats.totals.documents_in / (time.perf_counter() - started)
         print(f"fineweb pipeline, {n_pages} demo pages in {n_files} files, {os.cpu_count()} cores")
         print(f"{'engine':<8} {'workers':>7} {'docs/s':>8} {'vs local':>9}")
         for (engine, workers), rate in rates.items():

@@ -10,25 +10,34 @@ Output layout (the tokenizer and the trainer rely on it)::
     OUTPUT/kept/*.jsonl.gz              kept documents (text, id, metadata)
     OUTPUT/removed/<step>/*.jsonl.gz    every removed document, with metadata.filter_reason
     OUTPUT/rejected/*.jsonl.gz          unreadable input (corrupt line, bad UTF-8, giant, ...) with its reason
-    OUTPUT/stats.json, stats.png        per-step in / kept / removed / seconds, and the totals
+    OUTPUT/stats.json, stats.png        per-step in / kept / removed (by reason) / seconds, and the totals
+    OUTPUT/curate.log                   datatrove's task logging and warnings (the terminal shows progress only)
     OUTPUT/logs/<stage>/                datatrove logs and completion markers (a re-run skips finished tasks)
+
+Every step is checked before any stage runs (its library imports, its model loads, a probe document goes through
+it), and removals for failures rather than a step's criterion (extraction timeouts, dead workers, ...) past
+``max_failure_share`` of a step's input end the run with an error unless ``allow_mass_removal`` is set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from datatrove.executor import LocalPipelineExecutor
+from datatrove.data import Document
+from datatrove.executor.base import PipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import (
     MinhashConfig,
@@ -37,7 +46,6 @@ from datatrove.pipeline.dedup.minhash import (
     MinhashDedupFilter,
     MinhashDedupSignature,
 )
-from datatrove.pipeline.extractors import Trafilatura
 from datatrove.pipeline.filters import (
     C4QualityFilter,
     FineWebQualityFilter,
@@ -50,17 +58,27 @@ from datatrove.pipeline.writers import JsonlWriter
 from datatrove.utils.stats import PipelineStats
 
 from slmtrain.config import DECLARATIONS_DIR, ConfigError, UserError, build, load_declaration, merge
+from datatrove.utils.logging import logger, setup_default_logger
+from datatrove.utils.typeshelper import Languages
+
+from slmtrain.data.filters.checks import check_step
 from slmtrain.data.filters.embedding_quality import EmbeddingQualityFilter
+from slmtrain.data.filters.extractors import ResiliparseExtractor, TrafilaturaExtractor, raise_on_mass_removal
 from slmtrain.data.filters.fasttext_quality import FastTextQualityFilter, train_fasttext_classifier
-from slmtrain.data.filters.inputs import HtmlFolderReader, RecordingJsonlReader, RecordRemovals
+from slmtrain.data.filters.inputs import HtmlFolderReader, RecordingJsonlReader
 from slmtrain.data.filters.offline import OfflineLanguageFilter, OfflineURLFilter
 from slmtrain.data.filters.perplexity import PerplexityFilter
+from slmtrain.data.filters.tokenization import shared_tokenizer
 
 FILTERS_DIR = DECLARATIONS_DIR / "data_filters"
 EXECUTORS = ("local", "slurm", "ray")
 
+# Extraction steps run only on HTML/WARC input (JSONL/Parquet text is already extracted).
+EXTRACTION_STEPS: dict[str, type[PipelineStep]] = {"trafilatura": TrafilaturaExtractor,
+                                                   "resiliparse": ResiliparseExtractor}
 # Steps that remove documents and take an ``exclusion_writer``.
 FILTER_STEPS: dict[str, type[PipelineStep]] = {
+    **EXTRACTION_STEPS,
     "url": OfflineURLFilter,
     "language": OfflineLanguageFilter,
     "gopher_repetition": GopherRepetitionFilter,
@@ -71,8 +89,10 @@ FILTER_STEPS: dict[str, type[PipelineStep]] = {
     "embedding_quality": EmbeddingQualityFilter,
     "perplexity": PerplexityFilter,
 }
-# Steps that rewrite text: ``trafilatura`` runs only on HTML/WARC input (JSONL/Parquet text is already extracted).
-TEXT_STEPS: dict[str, type[PipelineStep]] = {"trafilatura": Trafilatura, "pii": PIIFormatter}
+# datatrove filters that split text with their language's word tokenizer: given slmtrain's faster one (same tokens)
+WORD_SPLITTING_STEPS = ("gopher_repetition", "gopher_quality", "c4_quality", "fineweb_quality")
+# Steps that rewrite text.
+TEXT_STEPS: dict[str, type[PipelineStep]] = {"pii": PIIFormatter}
 STEP_TYPES = sorted([*FILTER_STEPS, *TEXT_STEPS, "minhash"])
 
 INPUT_SUFFIXES = {"jsonl": (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz"), "parquet": (".parquet",),
@@ -91,6 +111,8 @@ class PipelineConfig:
     max_doc_chars: int = 1_000_000  # longer documents are rejected as giant
     tasks_per_worker: int = 4  # input shards per worker (more tasks, better balance, more files)
     hf_split: str = "train"
+    max_failure_share: float = 0.2  # a step removing more of its input for failures (timeouts, ...) ends the run
+    allow_mass_removal: bool = False  # true: report such removals, never stop the run for them
     steps: dict[str, Any] = field(default_factory=dict)
     # executor=slurm: keyword arguments of datatrove's SlurmPipelineExecutor (partition is required; e.g.
     # cluster.partition=cpu cluster.time=12:00:00 cluster.mem_per_cpu_gb=4); executor=ray: those of ray.init
@@ -103,6 +125,8 @@ class PipelineConfig:
             raise ConfigError("steps", "a pipeline needs at least one step")
         if self.max_doc_chars < 1:
             raise ConfigError("max_doc_chars", "must be >= 1")
+        if not 0 <= self.max_failure_share <= 1:
+            raise ConfigError("max_failure_share", f"must be in [0, 1], got {self.max_failure_share}")
         for name, spec in self.steps.items():
             spec = {} if spec is None else spec
             if not isinstance(spec, dict):
@@ -122,6 +146,7 @@ class Stage:
     pipeline: list[PipelineStep]
     rows: dict[int, str]  # pipeline index -> step name in the table
     tasks: int
+    checks: list[Callable[[], None]] = field(default_factory=list)  # run in the driver before any stage starts
     before: list[Callable[[], None]] = field(default_factory=list)  # run in the driver first (on-the-spot training)
 
 
@@ -130,16 +155,80 @@ def load_pipeline_config(name_or_path: str, overrides: dict | None = None) -> Pi
     return build(PipelineConfig, merge(mapping, overrides or {}))
 
 
-def run_pipeline(name_or_path: str, input: str | Path | None, output: Path, overrides: dict | None = None,
-                 executor: str = "local", workers: int = 1, wait: bool = False) -> dict:
-    """Run a curation pipeline; return the stats dict (also written to ``output/stats.json`` and ``stats.png``).
+@dataclass
+class StepStats:
+    """One row of the table: a step's documents in, kept and removed (by reason), and its summed task time."""
 
-    ``executor=ray`` runs on a Ray cluster (a local one started for the run, or ``cluster.address``);
+    step: str
+    documents_in: int
+    kept: int
+    removed: int
+    seconds: float
+    removed_by_reason: dict[str, int] = field(default_factory=dict)
+    rejected: int = 0  # the read row only: unreadable input
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Totals:
+    documents_in: int
+    kept: int
+    removed: int
+    rejected: int
+
+    @property
+    def balanced(self) -> bool:
+        return self.documents_in == self.kept + self.removed + self.rejected
+
+
+@dataclass
+class CurationStats:
+    """The result of a curation run, as written to ``OUTPUT/stats.json``."""
+
+    pipeline: str
+    input: str
+    output: str
+    wall_seconds: float
+    steps: list[StepStats]
+    totals: Totals
+    executor: str = "local"
+
+    def step(self, name: str) -> StepStats:
+        return next(row for row in self.steps if row.step == name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "totals": {**dataclasses.asdict(self.totals),
+                                                        "balanced": self.totals.balanced}}
+
+
+@dataclass
+class Submitted:
+    """A run handed to Slurm without waiting: the jobs outlive this process."""
+
+    executor: str
+    output: str
+    jobs: list[str]
+    next: str = "re-run the same command with wait=true to wait for the jobs and write the stats"
+
+
+def auto_workers() -> int:
+    """The cores this process may use (its CPU affinity, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_pipeline(name_or_path: str, input: str | Path | None, output: Path, overrides: dict | None = None,
+                 executor: str = "local", workers: int | None = None, wait: bool = False, verbose: bool = False
+                 ) -> CurationStats | Submitted:
+    """Run a curation pipeline; return its stats (also written to ``output/stats.json`` and ``stats.png``).
+
+    ``workers=None`` uses the machine's cores. datatrove's task logging goes to ``output/curate.log`` unless
+    ``verbose``. ``executor=ray`` runs on a Ray cluster (a local one started for the run, or ``cluster.address``);
     ``executor=slurm`` submits job arrays chained by dependencies and returns at once, unless ``wait``.
     Re-running with the same output skips the tasks that already finished.
     """
     if executor not in EXECUTORS:
         raise ConfigError("executor", f"invalid value {executor!r}; valid choices: {', '.join(EXECUTORS)}")
+    workers = auto_workers() if workers is None else workers
     if workers < 1:
         raise ConfigError("workers", f"must be >= 1, got {workers}")
     config = load_pipeline_config(name_or_path, overrides)
@@ -147,27 +236,75 @@ def run_pipeline(name_or_path: str, input: str | Path | None, output: Path, over
     started = time.perf_counter()
     source = _resolve_input(config, input, output)
     stages = build_stages(config, source, output, workers)
+    for stage in stages:
+        for check in stage.checks:
+            check()
     _check_same_run(output, config, source, stages)
-    if executor == "local":
-        for stage in stages:
-            for prepare in stage.before:
-                prepare()
-            LocalPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=min(workers, stage.tasks),
-                                  logging_dir=str(output / "logs" / stage.name)).run()
-    elif executor == "ray":
-        _run_on_ray(stages, output, workers, config.cluster)
-    else:
-        _run_on_slurm(stages, output, workers, config.cluster, wait)
-        if not wait:  # submitted: the jobs outlive this process
-            return {"pipeline": name_or_path, "output": str(output), "submitted": executor,
-                    "jobs": [slurm_job_name(output, stage.name) for stage in stages],
-                    "next": "re-run the same command with wait=true to wait for the jobs and write the stats"}
-    stats = collect_stats(stages, output)
-    stats.update(pipeline=name_or_path, input=str(source), output=str(output), executor=executor,
-                 wall_seconds=round(time.perf_counter() - started, 2))
-    (output / "stats.json").write_text(json.dumps(stats, indent=2))
+    console_log = None if verbose else output / "curate.log"
+    with quiet_console(console_log):
+        if executor == "local":
+            for number, stage in enumerate(stages, start=1):
+                progress = f"[{number}/{len(stages)}] {stage.name}"
+                print(f"{progress}: {stage.tasks} tasks ...", flush=True)
+                stage_started = time.perf_counter()
+                for prepare in stage.before:
+                    prepare()
+                QuietLocalExecutor(stage.pipeline, tasks=stage.tasks, workers=min(workers, stage.tasks),
+                                   logging_dir=str(output / "logs" / stage.name),
+                                   console_log=str(console_log) if console_log else None).run()
+                print(f"{progress}: done in {time.perf_counter() - stage_started:.1f} s", flush=True)
+        elif executor == "ray":
+            _run_on_ray(stages, output, workers, config.cluster)
+        else:
+            _run_on_slurm(stages, output, workers, config.cluster, wait)
+    if executor == "slurm" and not wait:
+        return Submitted(executor, str(output), [slurm_job_name(output, stage.name) for stage in stages])
+    stats = collect_stats(stages, output, name_or_path, source, time.perf_counter() - started)
+    stats.executor = executor
+    (output / "stats.json").write_text(json.dumps(stats.to_json(), indent=2))
     plot_stats(stats, output / "stats.png")
+    if stats.totals.documents_in == 0:
+        raise UserError(f"no documents in {source}: its files hold no records")
+    if not config.allow_mass_removal:
+        for row in stats.steps:
+            raise_on_mass_removal(f"steps.{row.step}", row.documents_in, row.removed_by_reason,
+                                  config.max_failure_share)
     return stats
+
+
+class QuietLocalExecutor(LocalPipelineExecutor):
+    """datatrove's local executor; with ``console_log``, each task's console logging and warnings go to that file
+    (datatrove points every task's logger at the task's stderr, in the pool's worker processes too)."""
+
+    def __init__(self, *args: Any, console_log: str | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.console_log = console_log
+
+    def _launch_run_for_rank(self, *args: Any, **kwargs: Any) -> Any:
+        if self.console_log is None:
+            return super()._launch_run_for_rank(*args, **kwargs)
+        try:
+            with open(self.console_log, "a") as log, contextlib.redirect_stderr(log):
+                return super()._launch_run_for_rank(*args, **kwargs)
+        finally:
+            setup_default_logger()  # the task's logger pointed at the log file: not beyond it
+
+
+@contextlib.contextmanager
+def quiet_console(log_path: Path | None) -> Iterator[None]:
+    """Send this process's datatrove logging and warnings to ``log_path`` (None: leave them on the terminal)."""
+    if log_path is None:
+        yield
+        return
+    log = open(log_path, "a")  # noqa: SIM115 - closed below, after the logger has left it
+    try:
+        with contextlib.redirect_stderr(log):
+            logger.remove()
+            logger.add(log)
+            yield
+    finally:
+        setup_default_logger()  # back on the real stderr, outside the redirect
+        log.close()
 
 
 def _check_same_run(output: Path, config: PipelineConfig, source: str, stages: list[Stage]) -> None:
@@ -214,6 +351,8 @@ def _resolve_input(config: PipelineConfig, input: str | Path | None, output: Pat
     if input is not None:
         if not str(input).startswith("hf://") and not Path(input).exists():
             raise UserError(f"input not found: {input}")
+        if Path(input).is_dir() and not any(p.is_file() for p in Path(input).rglob("*")):
+            raise UserError(f"input folder {input} is empty")
         return str(input) if str(input).startswith("hf://") else str(Path(input).resolve())
     if config.default_input != "demo":
         raise UserError("input= is required for this pipeline (only pipelines with default_input: demo build one)")
@@ -241,7 +380,7 @@ def build_stages(config: PipelineConfig, source: str, output: Path, workers: int
         step_type = params.pop("type", name)
         if not params.pop("enabled", True):
             continue
-        if step_type == "trafilatura" and input_format not in ("html", "warc"):
+        if step_type in EXTRACTION_STEPS and input_format not in ("html", "warc"):
             continue  # text is already extracted
         if step_type == "minhash":
             k = len(stages) // 4 + 1  # this is the k-th MinHash: it reads what stage k kept
@@ -254,10 +393,12 @@ def build_stages(config: PipelineConfig, source: str, output: Path, workers: int
         trained_here = step_type == "fasttext_quality" and "train" in params
         if trained_here:
             current.before.append(_fasttext_trainer(name, params.pop("train"), params, output))
-        step = _make_step(name, step_type, params, output)
-        if step_type == "fasttext_quality" and not trained_here and not step.model_path.is_file():
-            raise UserError(f"steps.{name}: fastText quality model not found: {step.model_path} (train it first with "
-                            "launch/train_quality.py kind=fasttext, or set steps.{name}.model=PATH)")
+        if step_type in WORD_SPLITTING_STEPS:
+            params["language"] = shared_tokenizer(params.get("language", Languages.english))
+        failure_limit = None if config.allow_mass_removal else config.max_failure_share
+        step = _make_step(name, step_type, params, output, failure_limit)
+        # a model trained on the spot exists only once its stage is about to run
+        (current.before if trained_here else current.checks).append(functools.partial(check_step, name, step))
         current.rows[len(current.pipeline)] = name
         current.pipeline.append(step)
     current.pipeline.append(JsonlWriter(str(output / "kept")))
@@ -275,10 +416,10 @@ def _input_format(config: PipelineConfig, source: str) -> str:
     if len(found) > 1:
         raise UserError(f"{source} mixes input formats ({', '.join(found)}): give one folder per format, "
                         "or set input_format=")
-    if not found and names:
+    if not found:
         raise UserError(f"{source}: no input files of a known format "
                         f"({', '.join(s for suffixes in INPUT_SUFFIXES.values() for s in suffixes)})")
-    return found[0] if found else "jsonl"  # an empty folder: read nothing, report zero documents
+    return found[0]
 
 
 def _reader(config: PipelineConfig, input_format: str, source: str, output: Path) -> tuple[PipelineStep, int]:
@@ -302,30 +443,39 @@ def _reader(config: PipelineConfig, input_format: str, source: str, output: Path
 
 
 def _removed_writer(output: Path, name: str) -> JsonlWriter:
-    return JsonlWriter(str(output / "removed" / name))
+    """Writer of a step's removed documents; one removed without a finer reason carries the step's name."""
+
+    def with_reason(writer: JsonlWriter, document: Document) -> dict:
+        document.metadata.setdefault("filter_reason", name)
+        return writer._default_adapter(document)
+
+    return JsonlWriter(str(output / "removed" / name), adapter=with_reason)
 
 
-def _make_step(name: str, step_type: str, params: dict, output: Path) -> PipelineStep:
+def _make_step(name: str, step_type: str, params: dict, output: Path, failure_limit: float | None) -> PipelineStep:
+    if step_type in EXTRACTION_STEPS:
+        return _construct(name, EXTRACTION_STEPS[step_type], params, exclusion_writer=_removed_writer(output, name),
+                          failure_limit=failure_limit)
     if step_type in FILTER_STEPS:
-        return _construct(name, FILTER_STEPS[step_type], {**params, "exclusion_writer": _removed_writer(output, name)})
-    step = _construct(name, TEXT_STEPS[step_type], params)
-    if step_type == "trafilatura":  # extractors drop failures silently: record them
-        return RecordRemovals(step, _removed_writer(output, name), reason="extraction_failed")
-    return step
+        return _construct(name, FILTER_STEPS[step_type], params, exclusion_writer=_removed_writer(output, name))
+    return _construct(name, TEXT_STEPS[step_type], params)
 
 
-def _construct(name: str, cls: Callable, params: dict) -> Any:
-    """``cls(**params)`` with unknown parameters reported by step name, listing the valid ones."""
-    valid = [p for p in inspect.signature(cls).parameters if p not in ("self", "exclusion_writer", "kwargs")]
+def _construct(name: str, cls: Callable, params: dict, **injected: Any) -> Any:
+    """``cls(**params, **injected)`` with unknown parameters reported by step name, listing the valid ones (the
+    pipeline's own arguments, ``injected``, are not the user's to set)."""
+    valid = [p for p in inspect.signature(cls).parameters if p not in ("self", "kwargs", *injected)]
     for key in params:
-        if key not in valid and key != "exclusion_writer":
+        if key not in valid:
             raise ConfigError(f"steps.{name}.{key}", f"unknown key; valid keys: {', '.join(sorted(valid))}")
     try:
-        return cls(**params)
+        return cls(**params, **injected)
     except ConfigError as error:
         raise error.under(f"steps.{name}") from None
     except (TypeError, ValueError) as error:
         raise ConfigError(f"steps.{name}", str(error)) from None
+    except ImportError as error:  # datatrove's check of the step's declared dependencies
+        raise UserError(f"steps.{name}: {str(error).splitlines()[0]}") from None
 
 
 def _minhash_stages(current: Stage, k: int, name: str, params: dict, output: Path, tasks: int,
@@ -334,8 +484,10 @@ def _minhash_stages(current: Stage, k: int, name: str, params: dict, output: Pat
     kept_so_far, minhash = output / "work" / f"stage_{k}", output / "work" / f"minhash_{k}"
     config = _construct(name, MinhashConfig, params)
     current.pipeline.append(JsonlWriter(str(kept_so_far)))
-    signatures = Stage(f"minhash_{k}_signatures", [RecordingJsonlReader(str(kept_so_far), max_doc_chars=max_doc_chars), MinhashDedupSignature(
-        output_folder=str(minhash / "signatures"), config=config)], {}, tasks)
+    signature = MinhashDedupSignature(output_folder=str(minhash / "signatures"), config=config,
+                                      language=shared_tokenizer(Languages.english))
+    signatures = Stage(f"minhash_{k}_signatures", [RecordingJsonlReader(str(kept_so_far), max_doc_chars=max_doc_chars),
+                                                   signature], {}, tasks, checks=[functools.partial(check_step, name, signature)])
     buckets = Stage(f"minhash_{k}_buckets", [MinhashDedupBuckets(
         input_folder=str(minhash / "signatures"), output_folder=str(minhash / "buckets"), config=config)],
         {}, config.num_buckets)
@@ -487,9 +639,9 @@ def _check_stage_complete(stage: Stage, output: Path) -> None:
 # Stats: the per-step table, JSON and plot
 
 
-def collect_stats(stages: list[Stage], output: Path) -> dict:
-    """Per-step rows (in, kept, removed, seconds) from the stages' datatrove stats, and balanced totals."""
-    rows: list[dict] = []
+def collect_stats(stages: list[Stage], output: Path, pipeline: str, source: str, seconds: float) -> CurationStats:
+    """Per-step rows (in, kept, removed by reason, seconds) from the stages' datatrove stats, and the totals."""
+    rows: list[StepStats] = []
     dedup_seconds = 0.0
     for stage in stages:
         step_stats = _stage_stats(stage, output)
@@ -498,24 +650,23 @@ def collect_stats(stages: list[Stage], output: Path) -> dict:
             continue
         for index, name in stage.rows.items():
             counts = step_stats[index]["stats"] if index < len(step_stats) else {}
-            seconds = _seconds(step_stats[index]) if index < len(step_stats) else 0.0
+            step_seconds = _seconds(step_stats[index]) if index < len(step_stats) else 0.0
             if name == "read":
                 kept, rejected = _count(counts, "documents"), _count(counts, "rejected")
-                rows.append({"step": name, "in": kept + rejected, "kept": kept, "removed": 0, "rejected": rejected,
-                             "rejected_by_reason": _by_prefix(counts, "rejected_"), "seconds": round(seconds, 3)})
+                rows.append(StepStats(name, kept + rejected, kept, 0, round(step_seconds, 3), rejected=rejected,
+                                      rejected_by_reason=_by_prefix(counts, "rejected_")))
                 continue
             if isinstance(stage.pipeline[index], MinhashDedupFilter):
-                seconds, dedup_seconds = seconds + dedup_seconds, 0.0
+                step_seconds, dedup_seconds = step_seconds + dedup_seconds, 0.0
             removed = _count(counts, "dropped")
+            by_reason = _by_prefix(counts, "dropped_")
+            if unexplained := removed - sum(by_reason.values()):  # the step's criterion, without a finer reason
+                by_reason[name] = unexplained
             # steps that only rewrite text (pii) count 'total' but not 'forwarded'
             kept = _count(counts, "forwarded") if "forwarded" in counts else _count(counts, "total") - removed
-            rows.append({"step": name, "in": _count(counts, "total"), "kept": kept, "removed": removed,
-                         "removed_by_reason": _by_prefix(counts, "dropped_"), "seconds": round(seconds, 3)})
-    first, kept = rows[0], rows[-1]["kept"]
-    removed = sum(row["removed"] for row in rows)
-    totals = {"documents_in": first["in"], "kept": kept, "removed": removed, "rejected": first["rejected"]}
-    totals["balanced"] = totals["documents_in"] == kept + removed + totals["rejected"]
-    return {"steps": rows, "totals": totals}
+            rows.append(StepStats(name, _count(counts, "total"), kept, removed, round(step_seconds, 3), by_reason))
+    totals = Totals(rows[0].documents_in, rows[-1].kept, sum(row.removed for row in rows), rows[0].rejected)
+    return CurationStats(pipeline, source, str(output), round(seconds, 2), rows, totals)
 
 
 def _stage_stats(stage: Stage, output: Path) -> list[dict]:
@@ -540,33 +691,36 @@ def _by_prefix(counts: dict, prefix: str) -> dict[str, int]:
     return {key.removeprefix(prefix): _count(counts, key) for key in counts if key.startswith(prefix)}
 
 
-def format_table(stats: dict) -> str:
-    lines = [f"{'step':<20} {'in':>9} {'kept':>9} {'removed':>9} {'seconds':>9}"]
-    for row in stats["steps"]:
-        lines.append(f"{row['step']:<20} {row['in']:>9} {row['kept']:>9} {row['removed']:>9} {row['seconds']:>9.2f}")
-    t = stats["totals"]
-    lines.append(f"documents in {t['documents_in']} = kept {t['kept']} + removed {t['removed']} + rejected "
-                 f"{t['rejected']}" + ("" if t["balanced"] else "  (UNBALANCED: see logs/)"))
+def format_table(stats: CurationStats) -> str:
+    lines = [f"{'step':<20} {'in':>9} {'kept':>9} {'removed':>9} {'seconds':>9}  removed by reason"]
+    for row in stats.steps:
+        reasons = row.rejected_by_reason if row.step == "read" else row.removed_by_reason
+        named = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        lines.append(f"{row.step:<20} {row.documents_in:>9} {row.kept:>9} {row.removed:>9} {row.seconds:>9.2f}  "
+                     + (f"(rejected: {named})" if row.step == "read" and named else named))
+    t = stats.totals
+    lines.append(f"documents in {t.documents_in} = kept {t.kept} + removed {t.removed} + rejected {t.rejected}"
+                 + ("" if t.balanced else "  (UNBALANCED: see logs/)"))
     return "\n".join(lines)
 
 
-def plot_stats(stats: dict, path: Path) -> None:
+def plot_stats(stats: CurationStats, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = stats["steps"]
-    names = [row["step"] for row in rows]
+    rows = stats.steps
+    names = [row.step for row in rows]
     fig, (counts_ax, time_ax) = plt.subplots(1, 2, figsize=(11, 0.5 * len(rows) + 2), sharey=True)
-    counts_ax.barh(names, [row["kept"] for row in rows], label="kept")
-    counts_ax.barh(names, [row["removed"] for row in rows], left=[row["kept"] for row in rows], label="removed")
+    counts_ax.barh(names, [row.kept for row in rows], label="kept")
+    counts_ax.barh(names, [row.removed for row in rows], left=[row.kept for row in rows], label="removed")
     counts_ax.set_xlabel("documents")
     counts_ax.legend()
     counts_ax.invert_yaxis()
-    time_ax.barh(names, [row["seconds"] for row in rows], color="gray")
+    time_ax.barh(names, [row.seconds for row in rows], color="gray")
     time_ax.set_xlabel("seconds (summed over tasks)")
-    fig.suptitle(f"{stats.get('pipeline', '')}: kept {stats['totals']['kept']} of {stats['totals']['documents_in']}")
+    fig.suptitle(f"{stats.pipeline}: kept {stats.totals.kept} of {stats.totals.documents_in}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

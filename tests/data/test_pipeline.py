@@ -50,26 +50,28 @@ def test_pipeline_counts_every_document_and_writes_the_layout(corpus: Path, tmp_
     declaration.write_text(SMALL_PIPELINE)
     out = tmp_path / "out"
     stats = run_pipeline(str(declaration), corpus, out, workers=2)
-    totals = stats["totals"]
-    assert totals["documents_in"] == len(PROSE) + 3 + len(STUBS) + 4
-    assert totals["rejected"] == 4 and totals["balanced"]
-    assert totals["documents_in"] == totals["kept"] + totals["removed"] + totals["rejected"]
-    rows = {row["step"]: row for row in stats["steps"]}
-    assert rows["minhash"]["removed"] == 3  # the three copies of doc0
+    totals = stats.totals
+    assert totals.documents_in == len(PROSE) + 3 + len(STUBS) + 4
+    assert totals.rejected == 4 and totals.balanced
+    assert totals.documents_in == totals.kept + totals.removed + totals.rejected
+    assert stats.step("minhash").removed_by_reason == {"minhash": 3}  # the three copies of doc0
     removed_stubs = {r["id"] for step in ("language", "gopher_quality") for r in read_gz(out / "removed" / step)}
     assert {f"stub{i}" for i in range(len(STUBS))} <= removed_stubs  # too short to be sure of, or to keep
-    assert rows["gopher_quality"]["removed_by_reason"]["gopher_short_doc"] > 0
+    assert stats.step("gopher_quality").removed_by_reason["gopher_short_doc"] > 0
+    for row in stats.steps[1:]:  # every removal has a reason, in the stats and in removed/
+        assert sum(row.removed_by_reason.values()) == row.removed
+        assert all(r["metadata"]["filter_reason"] for r in read_gz(out / "removed" / row.step))
     kept = read_gz(out / "kept")
-    assert len(kept) == totals["kept"] and {"text", "id", "metadata"} <= set(kept[0])
+    assert len(kept) == totals.kept and {"text", "id", "metadata"} <= set(kept[0])
     assert len({r["text"] for r in kept}) == len(kept)
     assert sorted(r["metadata"]["reason"] for r in read_gz(out / "rejected")) == [
         "corrupt_json", "invalid_utf8", "missing_text", "not_an_object"]
-    assert json.loads((out / "stats.json").read_text())["totals"] == totals
+    assert json.loads((out / "stats.json").read_text()) == stats.to_json()
     assert (out / "stats.png").stat().st_size > 1_000
     # a re-run skips the finished tasks (nothing is written again) and reports the same numbers
     written = {p: p.stat().st_mtime_ns for p in (out / "kept").rglob("*") if p.is_file()}
     again = run_pipeline(str(declaration), corpus, out, workers=2)
-    assert again["totals"] == totals
+    assert again.totals == totals
     assert written == {p: p.stat().st_mtime_ns for p in (out / "kept").rglob("*") if p.is_file()}
 
 
@@ -81,14 +83,23 @@ def test_fasttext_step_trained_on_the_spot_and_empty_input(corpus: Path, tmp_pat
                                                   "dim": 16, "bucket": 20_000}}}}
     declaration = tmp_path / "small.yaml"
     declaration.write_text(SMALL_PIPELINE)
-    stats = run_pipeline(str(declaration), corpus, tmp_path / "out", overrides=overrides)
-    rows = {row["step"]: row for row in stats["steps"]}
+    stats = run_pipeline(str(declaration), corpus, tmp_path / "out", overrides=overrides, workers=1)
+    fasttext = stats.step("fasttext")
     assert (tmp_path / "out" / "ft.bin").is_file() and (tmp_path / "out" / "fasttext_training.json").is_file()
-    assert rows["fasttext"]["in"] > 0 and rows["fasttext"]["removed"] > 0 and stats["totals"]["balanced"]
+    assert fasttext.documents_in > 0 and fasttext.removed_by_reason["low_fasttext_quality"] > 0
+    assert stats.totals.balanced
+
+
+def test_empty_input_is_a_one_line_error(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    nothing = run_pipeline(str(declaration), empty, tmp_path / "out_empty")
-    assert nothing["totals"] == {"documents_in": 0, "kept": 0, "removed": 0, "rejected": 0, "balanced": True}
+    result = subprocess.run([sys.executable, "launch/curate.py", "filter=fineweb", f"input={empty}",
+                             f"output={tmp_path / 'out'}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip() == f"error: input folder {empty} is empty"
+    (empty / "a.jsonl").write_text("\n\n")  # files, but no records in them
+    with pytest.raises(UserError, match="no documents in"):
+        run_pipeline(str(REPO_ROOT / "data_filters" / "demo.yaml"), empty, tmp_path / "out2",
+                     overrides={"steps": {"minhash": {"enabled": False}, "fasttext": {"enabled": False}}}, workers=1)
 
 
 def test_html_folder_is_extracted_and_failures_recorded(tmp_path: Path) -> None:
@@ -99,18 +110,21 @@ def test_html_folder_is_extracted_and_failures_recorded(tmp_path: Path) -> None:
         (pages / f"page{i}.html").write_text(f"<html><head><title>t</title></head><body><article>{body}</article>"
                                              "</body></html>")
     (pages / "empty.html").write_text("<html><body><script>var x = 1;</script></body></html>")
-    stats = run_pipeline("fineweb", pages, tmp_path / "out", overrides={"steps": {"minhash": {"enabled": False}}})
-    rows = {row["step"]: row for row in stats["steps"]}
-    assert rows["trafilatura"]["in"] == 4 and rows["trafilatura"]["removed"] == 1
+    stats = run_pipeline("fineweb", pages, tmp_path / "out", overrides={"steps": {"minhash": {"enabled": False}}},
+                         workers=1)
+    extraction = stats.step("trafilatura")
+    assert extraction.documents_in == 4 and extraction.removed_by_reason == {"empty_extraction": 1}
     assert [r["metadata"]["filter_reason"] for r in read_gz(tmp_path / "out" / "removed" / "trafilatura")] == [
-        "extraction_failed"]
-    assert stats["totals"]["balanced"]
+        "empty_extraction"]
+    assert stats.totals.balanced
     assert all("<p>" not in r["text"] for r in read_gz(tmp_path / "out" / "kept"))
 
 
 def test_declarations_load_and_bad_keys_are_named() -> None:
-    for name in ("fineweb", "fineweb_edu", "dclm", "demo"):
+    for name in ("fineweb", "fineweb_fast", "fineweb_edu", "dclm", "demo"):
         assert load_pipeline_config(name).steps
+    fast = load_pipeline_config("fineweb_fast").steps
+    assert list(fast) == [name.replace("trafilatura", "resiliparse") for name in load_pipeline_config("fineweb").steps]
     assert "edu" in load_pipeline_config("fineweb_edu").steps and "minhash" in load_pipeline_config("fineweb_edu").steps
     with pytest.raises(ConfigError, match="valid choices: .*demo"):
         load_pipeline_config("nope")
@@ -141,11 +155,10 @@ def test_demo_pipeline_on_a_small_demo_source(tmp_path: Path) -> None:
 
     source = write_demo_documents(tmp_path / "src", max_docs=600)
     stats = run_pipeline("demo", source, tmp_path / "out", workers=2)
-    rows = {row["step"]: row for row in stats["steps"]}
-    assert [row["step"] for row in stats["steps"]] == [
+    assert [row.step for row in stats.steps] == [
         "read", "language", "gopher_quality", "fineweb_quality", "minhash", "fasttext"]
-    assert all(rows[name]["removed"] > 0 for name in ("gopher_quality", "fasttext"))
-    assert stats["totals"]["balanced"] and stats["totals"]["kept"] > 100
+    assert all(stats.step(name).removed > 0 for name in ("gopher_quality", "fasttext"))
+    assert stats.totals.balanced and stats.totals.kept > 100
     training = json.loads((tmp_path / "out" / "fasttext_training.json").read_text())
     assert training["train_examples"] > 50
 
@@ -157,7 +170,7 @@ def test_rerun_with_other_settings_into_the_same_output_is_refused(corpus: Path,
     for i in range(4):  # 6 input files: 4 tasks with workers=1, 6 with workers=2
         (corpus / f"more{i}.jsonl").write_text(json.dumps({"text": PROSE[i], "id": f"more{i}"}) + "\n")
     first = run_pipeline(str(declaration), corpus, out, workers=1)
-    assert run_pipeline(str(declaration), corpus, out, workers=1)["totals"] == first["totals"]  # resumes
+    assert run_pipeline(str(declaration), corpus, out, workers=1).totals == first.totals  # resumes
     with pytest.raises(UserError, match="different tasks"):
         run_pipeline(str(declaration), corpus, out, workers=2)
     with pytest.raises(UserError, match="different config"):
@@ -176,9 +189,10 @@ def test_mixed_or_unknown_input_formats_are_clear_errors(corpus: Path, tmp_path:
 
 
 def test_missing_quality_model_fails_before_any_stage_runs(corpus: Path, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="fastText quality model not found"):
-        run_pipeline("dclm", corpus, tmp_path / "out", overrides={"steps": {"fasttext": {"model": str(tmp_path / "none.bin")}}})
-    assert not (tmp_path / "out" / "logs").exists()
+    missing = tmp_path / "none.bin"
+    with pytest.raises(UserError, match=f"^steps.fasttext: fastText quality model not found: {missing} "):
+        run_pipeline("dclm", corpus, tmp_path / "out", overrides={"steps": {"fasttext": {"model": str(missing)}}})
+    assert not (tmp_path / "out").exists()
 
 
 def test_unreachable_hub_input_is_one_clear_error(tmp_path: Path, monkeypatch) -> None:
@@ -192,3 +206,22 @@ def test_unreachable_hub_input_is_one_clear_error(tmp_path: Path, monkeypatch) -
     monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", unreachable)
     with pytest.raises(UserError, match="cannot read hf://org/data from the Hugging Face Hub"):
         run_pipeline("fineweb", "hf://org/data", tmp_path / "out")
+
+
+def test_terminal_shows_progress_and_results_and_the_log_file_the_rest(corpus: Path, tmp_path: Path) -> None:
+    declaration = tmp_path / "lid.yaml"
+    declaration.write_text("steps:\n  language: {languages: [en], language_threshold: 0.3}\n")
+
+    def curate(out: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "launch/curate.py", f"filter={declaration}", f"input={corpus}",
+                               f"output={tmp_path / out}", "workers=1", *extra], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=300)
+
+    quiet = curate("quiet")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert quiet.stdout.startswith("[1/1] filter_1: 2 tasks ...\n[1/1] filter_1: done in ")
+    assert "language " in quiet.stdout and "language_score_below_threshold" in quiet.stdout  # the table
+    assert "Launching pipeline for rank=1" in (tmp_path / "quiet" / "curate.log").read_text()
+    verbose = curate("verbose", "verbose=true")
+    assert verbose.returncode == 0 and "Launching pipeline for rank=1" in verbose.stderr
+

@@ -161,8 +161,8 @@ class FastTextQualityFilter(BaseFilter):
     name = "⭐ fastText quality"
 
     def __init__(self, model: str | Path, threshold: float | None = None, top_fraction: float | None = None,
-                 calibration_docs: int = 2_000, exclusion_writer: DiskWriter | None = None):
-        super().__init__(exclusion_writer)
+                 calibration_docs: int = 2_000, batch_size: int = 256, exclusion_writer: DiskWriter | None = None):
+        super().__init__(exclusion_writer, batch_size=batch_size)
         if (threshold is None) == (top_fraction is None):
             raise ConfigError("threshold", "give exactly one of threshold or top_fraction")
         if top_fraction is not None and not 0 < top_fraction <= 1:
@@ -186,17 +186,25 @@ class FastTextQualityFilter(BaseFilter):
             self._model = _FastText(str(self.model_path))
         return self._model
 
-    def score(self, doc: Document) -> float:
-        """This model's score (never one found in the input's metadata); calibration's scores are reused once."""
-        cached = self._calibration_scores.pop(id(doc), None)
-        if cached is None:
-            labels, probabilities = self.model.predict(fasttext_text(doc.text), k=2)
-            cached = round(dict(zip(labels, probabilities.tolist())).get(POSITIVE, 0.0), 5)
-        doc.metadata["fasttext_quality"] = cached
+    def scores(self, docs: list[Document]) -> list[float]:
+        """This model's scores, in one fastText call (never a score found in the input's metadata); the scores
+        computed for calibration are reused once."""
+        cached = [self._calibration_scores.pop(id(doc), None) for doc in docs]
+        to_score = [doc for doc, score in zip(docs, cached) if score is None]
+        if to_score:
+            labels, probabilities = self.model.predict([fasttext_text(doc.text) for doc in to_score], k=2)
+            fresh = iter(round(dict(zip(doc_labels, doc_probabilities.tolist())).get(POSITIVE, 0.0), 5)
+                         for doc_labels, doc_probabilities in zip(labels, probabilities))
+            cached = [next(fresh) if score is None else score for score in cached]
+        for doc, score in zip(docs, cached):
+            doc.metadata["fasttext_quality"] = score
         return cached
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        return self.score(doc) >= self._threshold or (False, "low_fasttext_quality")
+        return self.filter_batch([doc])[0]
+
+    def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
+        return [score >= self._threshold or (False, "low_fasttext_quality") for score in self.scores(batch)]
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         data = iter(data)
@@ -207,7 +215,7 @@ class FastTextQualityFilter(BaseFilter):
                 calibration.append(doc)
                 if len(calibration) >= self.calibration_docs:
                     break
-            scores = [self.score(doc) for doc in calibration]
+            scores = self.scores(calibration)
             self._calibration_scores = {id(doc): score for doc, score in zip(calibration, scores)}
             self._threshold = float(np.quantile(scores, 1 - self.top_fraction)) if scores else 1.0
             self.stat_update("calibrated_threshold_x1000", value=int(self._threshold * 1000))

@@ -1,4 +1,4 @@
-"""Readers that count what they cannot read, and a wrapper that records what a step silently drops.
+"""Readers that count what they cannot read.
 
 Bad input never crashes a run and never loses the rest of a file: a corrupt JSONL line, invalid UTF-8, a record
 without text, an empty or giant document, or an unreadable file becomes a *rejected* record (with its reason,
@@ -9,15 +9,12 @@ source file and line) written by ``rejected_writer``, and is counted in the read
 from __future__ import annotations
 
 import contextlib
-from collections import deque
 from collections.abc import Iterator
 
 import orjson
 from datatrove.data import Document, DocumentsPipeline
-from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.readers.base import BaseDiskReader
 from datatrove.pipeline.writers.disk_base import DiskWriter
-from datatrove.utils.typeshelper import StatHints
 
 SNIPPET_CHARS = 200  # how much of a rejected record is kept, to show what it looked like
 READ_CHUNK = 1 << 20
@@ -142,45 +139,3 @@ def _bounded_lines(f, max_bytes: int) -> Iterator[bytes | None]:  # noqa: ANN001
         while line and not line.endswith(b"\n"):
             line = f.readline(READ_CHUNK)
         yield None
-
-
-class RecordRemovals(PipelineStep):
-    """Run a 1-in/0-or-1-out step (an extractor) and write each document it drops, with ``reason``.
-
-    datatrove extractors drop documents (empty extraction, timeout) without an exclusion writer; this keeps the
-    promise that every removed document is recorded. Works because such steps keep the order of documents.
-    """
-
-    def __init__(self, step: PipelineStep, exclusion_writer: DiskWriter | None, reason: str):
-        self.name, self.type = step.name, step.type  # before super().__init__, which names the stats
-        super().__init__()
-        self.step = step
-        self.exclusion_writer = exclusion_writer
-        self.reason = reason
-
-    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        pending: deque[Document] = deque()
-
-        def feed() -> DocumentsPipeline:
-            for document in data:
-                pending.append(document)
-                yield document
-
-        with self.exclusion_writer if self.exclusion_writer else contextlib.nullcontext() as writer:
-
-            def drop(document: Document) -> None:
-                self.stat_update(StatHints.total, StatHints.dropped)
-                if writer is not None:
-                    document.text = document.text or ""  # a failed extraction may leave None
-                    document.metadata["filter_reason"] = self.reason
-                    writer.write(document, rank)
-
-            for kept in self.step.run(feed(), rank, world_size):
-                while pending[0] is not kept:
-                    drop(pending.popleft())
-                pending.popleft()
-                self.stat_update(StatHints.total, StatHints.forwarded)
-                yield kept
-            for document in pending:
-                drop(document)
-        self.stats.time_stats = self.step.stats.time_stats
