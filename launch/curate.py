@@ -1,55 +1,6 @@
-"""Curate raw documents with a declared pipeline (data_filters/NAME.yaml).
+"""``slmtrain curate`` from a checkout; the command is slmtrain/cli/curate.py (``--help`` lists its keys)."""
 
-    python launch/curate.py filter=NAME input=PATH output=DIR [executor=local|slurm|ray] [workers=auto|N] [wait=true]
-                            [verbose=true] [KEY=VALUE ...]
-
-KEY=VALUE overrides the pipeline declaration, e.g. ``steps.language.languages=[en,fr]``,
-``steps.gopher_repetition.enabled=false`` or ``allow_mass_removal=true``. With ``filter=demo`` and no input, the
-embedded demo corpus is built.
-"""
-
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-_repo = Path(__file__).resolve().parent.parent  # launch/ leaves the path: launch/tokenize.py would shadow the stdlib
-sys.path[:] = [str(_repo)] + [p for p in sys.path if Path(p or ".").resolve() != _repo / "launch"]
-
-from dataclasses import dataclass, fields  # noqa: E402
-from typing import Literal  # noqa: E402
-
-from slmtrain.config import build, cli_main, split_args  # noqa: E402
-from slmtrain.data.pipeline import Submitted, format_table, run_pipeline  # noqa: E402
-
-
-@dataclass
-class CurateOptions:
-    filter: str  # a pipeline of data_filters/ (fineweb, fineweb_fast, dclm, ...) or a path to a YAML declaration
-    output: Path  # output folder: kept/, removed/, rejected/, stats.json, curate.log
-    input: str | None = None  # a file, a folder, or hf://DATASET; optional for pipelines with a default input
-    executor: Literal["local", "slurm", "ray"] = "local"  # where the datatrove tasks run
-    workers: int | Literal["auto"] = "auto"  # parallel tasks; auto: the cores of this machine
-    verbose: bool = False  # true: datatrove's per-task logging on the terminal too (always in OUTPUT/curate.log)
-    wait: bool = False  # executor=slurm: wait for the jobs and write the stats (else return once submitted)
-
-
-def main(argv: list[str]) -> int:
-    _, values = split_args(argv)
-    own = {f.name for f in fields(CurateOptions)}
-    options = build(CurateOptions, {k: v for k, v in values.items() if k in own})
-    overrides = {k: v for k, v in values.items() if k not in own}  # the rest tunes the pipeline declaration
-    stats = run_pipeline(options.filter, options.input, options.output, overrides, options.executor,
-                         None if options.workers == "auto" else options.workers, options.wait, options.verbose)
-    if isinstance(stats, Submitted):
-        print(f"submitted to {stats.executor} (jobs {', '.join(stats.jobs)}); logs under {stats.output}/logs; "
-              f"{stats.next}")
-        return 0
-    print(format_table(stats))
-    print(f"kept documents: {stats.output}/kept   stats: {stats.output}/stats.json, stats.png   log: "
-          f"{stats.output}/curate.log")
-    return 0
-
+from slmtrain.cli.curate import main
 
 if __name__ == "__main__":
-    cli_main(main)()
+    main()

@@ -1,60 +1,6 @@
-"""Train a model-based quality filter and report its held-out quality.
+"""``slmtrain train-quality`` from a checkout; the command is slmtrain/cli/train_quality.py (``--help`` lists its keys)."""
 
-    python launch/train_quality.py kind=fasttext positives=GOOD[,MORE] negatives=BAD[,MORE] out=model.bin
-    python launch/train_quality.py kind=embedding annotations=FILE.jsonl out=head.npz
-
-Inputs are JSONL files (or folders/globs of them) with a ``text`` field; annotations also carry a 0-5 ``score``.
-fastText reports precision/recall of the positive class; the embedding head reports MAE/RMSE against the mean.
-"""
-
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-_repo = Path(__file__).resolve().parent.parent  # launch/ leaves the path: launch/tokenize.py would shadow the stdlib
-sys.path[:] = [str(_repo)] + [p for p in sys.path if Path(p or ".").resolve() != _repo / "launch"]
-
-import json  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Literal  # noqa: E402
-
-from slmtrain.config import ConfigError, build, cli_main, split_args  # noqa: E402
-
-
-@dataclass
-class Args:
-    kind: Literal["fasttext", "embedding"]
-    out: Path
-    positives: list[str] = field(default_factory=list)
-    negatives: list[str] = field(default_factory=list)
-    annotations: list[str] = field(default_factory=list)
-    held_out: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.kind == "fasttext" and not (self.positives and self.negatives):
-            raise ConfigError("positives", "kind=fasttext needs positives=... and negatives=...")
-        if self.kind == "embedding" and not self.annotations:
-            raise ConfigError("annotations", "kind=embedding needs annotations=FILE.jsonl")
-        if not 0 < self.held_out < 1:
-            raise ConfigError("held_out", f"must be in (0, 1), got {self.held_out}")
-
-
-def main(argv: list[str]) -> int:
-    _, values = split_args(argv)
-    args = build(Args, values)
-    if args.kind == "fasttext":
-        from slmtrain.data.filters.fasttext_quality import train_fasttext_classifier
-
-        metrics = train_fasttext_classifier(args.positives, args.negatives, args.out, held_out=args.held_out)
-    else:
-        from slmtrain.data.filters.embedding_quality import train_embedding_head
-
-        metrics = train_embedding_head(args.annotations, args.out, held_out=args.held_out)
-    print(json.dumps(metrics, indent=2))
-    print(f"saved {args.out}")
-    return 0
-
+from slmtrain.cli.train_quality import main
 
 if __name__ == "__main__":
-    cli_main(main)()
+    main()
