@@ -11,7 +11,7 @@ from pathlib import Path
 import pydoc_data.topics
 import pytest
 
-from slmtrain.config import REPO_ROOT
+from tests.paths import REPO_ROOT
 from slmtrain.data.shards import prepare_shards
 from slmtrain.train.config import TrainConfig, load_recipe
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from slmtrain import slurm
-from slmtrain.config import REPO_ROOT, ConfigError, build
+from slmtrain.config import ConfigError, build
 from slmtrain.train.config import TrainConfig, load_recipe
 from slmtrain.train.run import LAST_CHECKPOINT
 
@@ -73,7 +73,7 @@ def sbatch_script(config: TrainConfig, train_argv: list[str], options: SlurmOpti
     lines = [f"#SBATCH --{key}={value}" for key, value in directives.items()]
     lines += ["#SBATCH --requeue"] * options.requeue + [f"#SBATCH {option}" for option in options.sbatch]
     checkpoint = shlex.quote(str(run_dir / LAST_CHECKPOINT))
-    command = shlex.join([sys.executable, str(REPO_ROOT / "launch" / "train.py"), *argv])
+    command = shlex.join([sys.executable, "-m", "slmtrain", "train", *argv])
     return "\n".join([
         "#!/bin/bash",
         f"# slmtrain: run {config.name} on {options.nodes} node(s) x {options.ntasks_per_node} process(es).",

@@ -13,7 +13,7 @@ import orjson
 from packaging.utils import canonicalize_name
 from pydoc_data.topics import topics
 
-from slmtrain.config import REPO_ROOT
+from tests.paths import REPO_ROOT
 from slmtrain.data.filters.fasttext_quality import train_fasttext_classifier
 
 PIPELINES = ("fineweb", "fineweb_fast", "dclm", "fineweb_edu", "demo")

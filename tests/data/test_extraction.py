@@ -18,7 +18,7 @@ from datatrove.data import Document
 from datatrove.pipeline.writers import JsonlWriter
 from pydoc_data.topics import topics
 
-from slmtrain.config import REPO_ROOT
+from tests.paths import REPO_ROOT
 from slmtrain.data.debian_docs import fetch_debian_pages
 from slmtrain.data.filters.extractors import (GUARD_MIN_PAGES, MassRemoval, ResiliparseExtractor,
                                               TrafilaturaExtractor)
