@@ -62,7 +62,7 @@ class DataReport:
     def summary(self) -> str:
         skipped = "; ".join(f"{count} {reason} (first at line {self.first_skipped_line[reason]})"
                             for reason, count in self.skipped.items())
-        return (f"{self.path}: {self.used} of {self.lines} records used, {self.truncated} truncated"
+        return (f"{self.used} of {self.lines} records used, {self.truncated} truncated"
                 + (f"; skipped: {skipped}" if skipped else ""))
 
     def as_dict(self) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def segments(record: Any, tokenizer: TextTokenizer) -> list[tuple[str, bool]]:
         if not any(m["role"] == "assistant" for m in messages):
             raise ValueError("no assistant turn")
         return chat_segments(messages, tokenizer)
-    raise ValueError(f"no field of a known format ({FORMATS})")
+    raise ValueError("no field of a known format")
 
 
 def chat_segments(messages: list[dict[str, str]], tokenizer: TextTokenizer) -> list[tuple[str, bool]]:
@@ -177,7 +177,7 @@ def read_examples(path: str | Path, tokenizer: TextTokenizer, seq_len: int) -> t
     if report.lines == 0:
         raise UserError(f"{path}: empty data file")
     if not examples:
-        raise UserError(f"{path}: no usable record ({report.summary()}); formats: {FORMATS}")
+        raise UserError(f"{path}: no usable record ({report.summary()}); the formats are: {FORMATS}")
     return examples, report
 
 

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from slmtrain.config import ConfigError, require
+from slmtrain.model.config import ModelConfig
 from slmtrain.model.transformer import Transformer
 
 METHODS = ("full", "lora", "dora", "qlora", "mezo", "mezo_lora")
@@ -53,9 +54,19 @@ class LoraOptions:
                     f"no layer named {name!r} in slmtrain's blocks; valid choices: {', '.join(HF_LINEARS)}")
 
 
-def targeted_linears(model: Transformer, targets: list[str]) -> dict[str, nn.Linear]:
-    return {name: module for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and name.startswith("blocks.") and name.rsplit(".", 1)[-1] in targets}
+def block_linear_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
+    """(in, out) of each fused linear layer of one block."""
+    d, q, kv = config.d_model, config.n_head * config.head_dim_, config.kv_heads * config.head_dim_
+    up = (2 if config.gated_ffn else 1) * config.ffn_dim
+    return {"qkv": (d, q + 2 * kv), "out": (q, d), "up": (d, up), "down": (config.ffn_dim, d)}
+
+
+def check_rank(config: ModelConfig, options: LoraOptions) -> None:
+    """A rank above a targeted layer's smallest dimension adds parameters and no expressive power: refused."""
+    for name, (inputs, outputs) in block_linear_shapes(config).items():
+        if name in options.target_modules and options.rank > min(inputs, outputs):
+            raise ConfigError("lora.rank", f"rank {options.rank} exceeds the smallest dimension "
+                                           f"({min(inputs, outputs)}) of {name} ({inputs} -> {outputs})")
 
 
 def lora_config(options: LoraOptions, dora: bool, target_modules: list[str], task_type: str | None = None,
@@ -73,11 +84,7 @@ def add_adapters(model: Transformer, options: LoraOptions, dora: bool = False):
     """The model wrapped by peft with LoRA (or DoRA) on the targeted layers; only the adapters train."""
     from peft import get_peft_model
 
-    for name, linear in targeted_linears(model, options.target_modules).items():
-        smallest = min(linear.in_features, linear.out_features)
-        if options.rank > smallest:
-            raise ConfigError("lora.rank", f"rank {options.rank} exceeds the smallest dimension ({smallest}) of "
-                                           f"{name} ({linear.in_features} -> {linear.out_features})")
+    check_rank(model.config, options)
     return get_peft_model(model, lora_config(options, dora, list(options.target_modules)))
 
 

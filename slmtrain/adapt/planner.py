@@ -36,7 +36,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from slmtrain.adapt.methods import NF4_BLOCK, LoraOptions
+from slmtrain.adapt.methods import ADAPTER_METHODS, NF4_BLOCK, LoraOptions, block_linear_shapes, check_rank
 from slmtrain.config import UserError
 from slmtrain.hardware import DeviceProfile
 from slmtrain.model.config import ModelConfig
@@ -56,13 +56,6 @@ class MethodPlan:
 
     def as_dict(self) -> dict[str, Any]:
         return {"peak_bytes": self.peak_bytes, "step_seconds": self.step_seconds, "fits": self.fits, **self.parts}
-
-
-def block_linear_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
-    """(in, out) of each fused linear layer of one block."""
-    d, q, kv = config.d_model, config.n_head * config.head_dim_, config.kv_heads * config.head_dim_
-    up = (2 if config.gated_ffn else 1) * config.ffn_dim
-    return {"qkv": (d, q + 2 * kv), "out": (q, d), "up": (d, up), "down": (config.ffn_dim, d)}
 
 
 def adapter_params(config: ModelConfig, lora: LoraOptions, dora: bool) -> int:
@@ -98,6 +91,8 @@ def no_grad_activation_bytes(config: ModelConfig, tokens: int, perturbed_head: b
 
 def predict(config: ModelConfig, method: str, seq_len: int, micro_batch: int, lora: LoraOptions,
             profile: DeviceProfile, efficiency: float = 0.5, mezo_samples: int = 1) -> MethodPlan:
+    if method in ADAPTER_METHODS:
+        check_rank(config, lora)
     params, tokens = config.params(), seq_len * micro_batch
     linear_weights = config.n_layer * sum(i * o for i, o in block_linear_shapes(config).values())
     weights = FP32 * params

@@ -153,7 +153,7 @@ def finetune(options: FinetuneOptions) -> dict[str, Any]:
         (train, val), val_report = split_examples(examples, options.val_fraction, options.seed), None
     for report in (train_report, val_report):
         if report is not None:
-            print(report.summary())
+            print(f"{report.path}: {report.summary()}")
     torch.manual_seed(options.seed)
     model = prepare(loaded.model, options.method, options.lora).train()
     trainable = [p for p in dict.fromkeys(model.parameters()) if p.requires_grad]
