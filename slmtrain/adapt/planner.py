@@ -6,6 +6,8 @@ for CPU PyTorch, is not counted; neither side of a comparison counts it), all in
 
 - weights at their precision: fp32, or for ``qlora`` the blocks' linear weights in NF4 (4 bits, plus one int8 scale
   per 64 weights and one fp32 factor per 256 scales) and the rest fp32;
+- for ``qlora`` at least the full-precision model it is quantised from (it is loaded before quantisation) plus
+  the quantisation's temporaries for the largest layer;
 - gradients and AdamW's two moments for the trainable parameters (none for the zeroth-order methods);
 - adapter state: the LoRA matrices (and DoRA's magnitudes), counted with the trainable parameters;
 - activations at ``seq_len`` x ``micro_batch`` = N tokens. Backpropagation keeps, per layer and token, the block
@@ -44,6 +46,7 @@ from slmtrain.model.config import ModelConfig
 FP32 = 4
 PREFERENCE = ("lora", "dora", "full", "qlora", "mezo_lora", "mezo")
 RANDN_FLOPS = 20  # FLOPs per Gaussian draw (Philox + Box-Muller), for MeZO's regenerated perturbations
+NF4_QUANTIZE_BYTES_PER_WEIGHT = 32 * FP32  # torchao's to_nf4 compares each weight with the 16 levels, in fp32, twice
 NF4_BYTES_PER_WEIGHT = 0.5 + 1 / NF4_BLOCK + FP32 / (NF4_BLOCK * 256)
 
 
@@ -109,9 +112,13 @@ def predict(config: ModelConfig, method: str, seq_len: int, micro_batch: int, lo
             activations += FP32 * max(i * o for i, o in block_linear_shapes(config).values())
     else:
         activations = no_grad_activation_bytes(config, tokens, perturbed_head=method == "mezo")
+    # QLoRA quantises a model loaded in full precision: until then it holds the fp32 weights, and each layer's
+    # quantisation the temporaries of torchao's nearest-level search.
+    loading = FP32 * params + NF4_QUANTIZE_BYTES_PER_WEIGHT * max(i * o for i, o in block_linear_shapes(config).values())
     parts = {"weight_bytes": weights, "gradient_bytes": gradients, "optimizer_bytes": optimizer,
-             "activation_bytes": activations, "trainable_params": trainable}
-    peak = weights + gradients + optimizer + activations
+             "activation_bytes": activations, "loading_bytes": loading if method == "qlora" else 0.0,
+             "trainable_params": trainable}
+    peak = max(weights + gradients + optimizer + activations, parts["loading_bytes"])
 
     matmul, attention = config.matmul_params(), config.attention_flops_per_token(seq_len)
     if method == "full":
@@ -152,8 +159,8 @@ def measure_peak_bytes(config: ModelConfig, method: str, seq_len: int, micro_bat
     """Peak resident memory a fine-tuning step adds, measured in a fresh process: everything is imported first,
     the kernel's high-water mark is reset (``/proc/self/clear_refs``), then the model is built, prepared for the
     method and trained ``steps`` steps on random tokens; the result is the high-water mark minus the resident
-    memory before the model existed. A one-layer model runs the same steps first, so that the code pages of the
-    kernels (runtime, not working set) are resident before the baseline. ``method="inference"`` measures forward passes with the loss, no autograd."""
+    memory before the model existed. A one-layer model runs the same steps first, so that the libraries the
+    method imports and the code pages of its kernels are resident before the baseline. ``method="inference"`` measures forward passes with the loss, no autograd."""
     request = {"config": asdict(config), "method": method, "seq_len": seq_len, "micro_batch": micro_batch,
                "lora": asdict(lora), "steps": steps, "threads": threads}
     # A fixed mmap threshold makes glibc return every freed tensor to the system at once, so the high-water mark
@@ -177,9 +184,7 @@ def _measure(request: dict[str, Any]) -> dict[str, float]:
     import dataclasses
     import time
 
-    import peft  # noqa: F401  (imported before the baseline: its import is runtime, not working set)
     import torch
-    import torchao.quantization.quantize_.workflows.nf4.nf4_tensor  # noqa: F401
 
     from slmtrain.adapt.data import Batch
     from slmtrain.adapt.mezo import MezoOptions, ZerothOrder
@@ -215,7 +220,8 @@ def _measure(request: dict[str, Any]) -> dict[str, float]:
                 optimizer.step()
         return (time.perf_counter() - started) / request["steps"]
 
-    train(dataclasses.replace(config, n_layer=1))  # the kernels' code pages are runtime: touch them first
+    # The libraries' imports and the kernels' code pages are runtime, not working set: load them first.
+    train(dataclasses.replace(config, n_layer=1))
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak resident set size (VmHWM) to the current one
     baseline = _status_bytes("VmRSS")
