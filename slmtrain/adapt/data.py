@@ -166,14 +166,14 @@ def read_examples(path: str | Path, tokenizer: TextTokenizer, seq_len: int) -> t
             except ValueError as e:
                 report.skip(str(e), number)
                 continue
-            if len(example.input_ids) > seq_len + 1:
-                example = Example(example.input_ids[: seq_len + 1], example.labels[: seq_len + 1])
-                report.truncated += 1
+            truncated = len(example.input_ids) > seq_len + 1
+            example = Example(example.input_ids[: seq_len + 1], example.labels[: seq_len + 1])
             if example.target_tokens == 0:
                 report.skip(f"no target token within seq_len={seq_len}", number)
                 continue
             examples.append(example)
             report.used += 1
+            report.truncated += truncated
     if report.lines == 0:
         raise UserError(f"{path}: empty data file")
     if not examples:

@@ -35,6 +35,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -173,7 +174,8 @@ def measure_peak_bytes(config: ModelConfig, method: str, seq_len: int, micro_bat
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _status_bytes(field: str) -> int:
+def status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in bytes."""
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
@@ -222,11 +224,17 @@ def _measure(request: dict[str, Any]) -> dict[str, float]:
 
     # The libraries' imports and the kernels' code pages are runtime, not working set: load them first.
     train(dataclasses.replace(config, n_layer=1))
+    return peak_above_baseline(lambda: train(config))
+
+
+def peak_above_baseline(work: Callable[[], float]) -> dict[str, float]:
+    """Run ``work`` (returning seconds per step) with the kernel's high-water mark reset first; the peak resident
+    memory it added above the resident memory before it."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak resident set size (VmHWM) to the current one
-    baseline = _status_bytes("VmRSS")
-    seconds = train(config)
-    return {"peak_bytes": _status_bytes("VmHWM") - baseline, "step_seconds": seconds}
+    baseline = status_bytes("VmRSS")
+    seconds = work()
+    return {"peak_bytes": status_bytes("VmHWM") - baseline, "step_seconds": seconds}
 
 
 if __name__ == "__main__":
