@@ -4,6 +4,7 @@
     python launch/eval.py model=PATH text=FILE[,FILE] [quant=int8,int8-dynamic,int4]   # perplexity (+ quantised)
     python launch/eval.py model=PATH shards=DIR [split=val max_tokens=N]
     python launch/eval.py model=PATH tasks=NAME harness=true [include_path=DIR_OF_TASK_YAMLS]
+    python launch/eval.py model=PATH tasks=NAME retrieval=DOCS[,DOCS] [retrieval_method=bm25|minilm retrieval_k=3]
     [csv=results.csv] appends every result row; model: an slmtrain run/checkpoint, an HF directory or a preset.
 """
 
@@ -16,6 +17,7 @@ _repo = Path(__file__).resolve().parent.parent  # launch/ leaves the path: launc
 sys.path[:] = [str(_repo)] + [p for p in sys.path if Path(p or ".").resolve() != _repo / "launch"]
 
 from dataclasses import dataclass, field  # noqa: E402
+from typing import Literal  # noqa: E402
 
 from slmtrain.config import ConfigError, UserError, build, cli_main, split_args  # noqa: E402
 from slmtrain.eval.tasks import DATA_DIR  # noqa: E402
@@ -38,12 +40,19 @@ class Args:
     stride: int | None = None
     quant: list[str] = field(default_factory=list)  # with text=: perplexity change of each scheme
     csv: Path | None = None
+    retrieval: list[Path] = field(default_factory=list)  # documents (.txt, or .jsonl with text) retrieved into each task prompt
+    retrieval_method: Literal["bm25", "minilm"] = "bm25"  # lexical BM25 or MiniLM embeddings (slmtrain.adapt.retrieval)
+    retrieval_k: int = 3  # chunks put in front of each prompt
 
     def __post_init__(self) -> None:
         if not (self.tasks or self.text or self.shards):
             raise ConfigError("tasks", "nothing to evaluate: give tasks=NAME[,NAME], text=FILE[,FILE] or shards=DIR")
         if self.quant and not self.text:
             raise ConfigError("quant", "measuring the perplexity change needs text=FILE[,FILE]")
+        if self.retrieval and (not self.tasks or self.harness):
+            raise ConfigError("retrieval", "retrieval goes into slmtrain task prompts: give tasks=NAME (without harness)")
+        if self.retrieval_k <= 0:
+            raise ConfigError("retrieval_k", f"must be positive, got {self.retrieval_k}")
         if self.shots is not None and self.shots < 0:
             raise ConfigError("shots", f"must be >= 0, got {self.shots}")
 
@@ -84,9 +93,18 @@ def main(argv: list[str]) -> int:
     elif args.tasks:
         from slmtrain.eval.tasks import evaluate_task, load_task
 
+        index = None
+        if args.retrieval:
+            from slmtrain.adapt.retrieval import build_index, read_documents
+
+            index = build_index(read_documents(args.retrieval), args.retrieval_method)
         for name in args.tasks:
-            result = evaluate_task(loaded.model, loaded.tokenizer, load_task(name, args.task_dir), args.shots or 0,
-                                   args.limit)
+            task = load_task(name, args.task_dir)
+            if index is not None:
+                from slmtrain.adapt.retrieval import with_retrieval
+
+                task = with_retrieval(task, index, args.retrieval_k)
+            result = evaluate_task(loaded.model, loaded.tokenizer, task, args.shots or 0, args.limit)
             rows.append({"eval": f"task {result.task}", **result.as_dict()})
     rows = [{"model": loaded.source, **row} for row in rows]
     print(format_table(rows))

@@ -1,0 +1,50 @@
+"""Retrieval: chunking, BM25 and MiniLM search over the personal notes, and launch/eval.py with retrieval=."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from slmtrain.adapt.personal import FACTS
+from slmtrain.adapt.retrieval import CONTEXT_HEADER, build_index, chunk, read_documents, with_retrieval
+from slmtrain.config import REPO_ROOT, UserError
+from slmtrain.eval.tasks import load_task
+
+
+def test_chunks_keep_whole_lines():
+    text = "one two three\nfour five\n\nsix seven eight nine\nten"
+    assert chunk(text, 5) == ["one two three\nfour five", "six seven eight nine\nten"]
+    assert chunk(text, 2) == ["one two three", "four five", "six seven eight nine", "ten"]
+
+
+@pytest.mark.parametrize("method", ["bm25", "minilm"])
+def test_held_out_questions_retrieve_their_fact(task, method):
+    index = build_index(read_documents([task["notes.txt"]]), method, chunk_words=8)
+    assert len(index.chunks) == len(FACTS)
+    hits = sum(statement in index.search(held_out, 3) for statement, _, _, held_out, *_ in FACTS)
+    assert hits >= (6 if method == "bm25" else 12)  # of 12 questions phrased unlike their notes (measured: 7, 12)
+
+
+def test_task_prompts_get_the_retrieved_context(task):
+    questions = load_task(task["questions.jsonl"])
+    index = build_index(read_documents([task["notes.txt"]]), "bm25", chunk_words=8)
+    augmented = with_retrieval(questions, index, k=2)
+    first = augmented.items[0]
+    assert first.context.startswith(CONTEXT_HEADER) and first.context.endswith(questions.items[0].context)
+    assert first.context.count("\n") == questions.items[0].context.count("\n") + 4  # header, 2 chunks, blank
+    assert first.choices == questions.items[0].choices and first.label == questions.items[0].label
+    with pytest.raises(UserError, match="no text to index"):
+        build_index(["\n \n"])
+
+
+def test_eval_command_with_retrieval(base_dir, task):
+    command = [sys.executable, str(REPO_ROOT / "launch" / "eval.py"), f"model={base_dir}",
+               f"tasks={task['questions.jsonl']}", f"retrieval={task['notes.txt']}", "retrieval_k=2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "questions+retrieval" in done.stdout
+    done = subprocess.run([*command[:3], f"text={task['notes.txt']}", f"retrieval={task['notes.txt']}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "retrieval goes into slmtrain task prompts" in done.stderr
