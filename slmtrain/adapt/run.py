@@ -28,10 +28,10 @@ from slmtrain.adapt.methods import (
     stored_bytes,
 )
 from slmtrain.adapt.mezo import MezoOptions, ZerothOrder
-from slmtrain.config import REPO_ROOT, UserError, build, check_choice, load_declaration, merge, require
+from slmtrain.config import DECLARATIONS_DIR, UserError, build, check_choice, load_declaration, merge, require
 from slmtrain.eval import document_prefix_id
 
-RECIPES_DIR = REPO_ROOT / "recipes"
+RECIPES_DIR = DECLARATIONS_DIR / "recipes"
 BASE_RECIPE = "_finetune_base"
 # Learning rates that lowered the demo personal task's validation loss for each method (README table).
 DEFAULT_LR = {"full": 1e-4, "lora": 2e-3, "dora": 2e-3, "qlora": 2e-3, "mezo": 1e-5, "mezo_lora": 1e-3}

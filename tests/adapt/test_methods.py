@@ -12,7 +12,8 @@ import torch
 from slmtrain.adapt.methods import save_hf_adapter, stored_bytes
 from slmtrain.adapt.run import finetune, prepare
 from slmtrain.artifacts import load_model
-from slmtrain.config import REPO_ROOT, ConfigError, UserError
+from slmtrain.config import ConfigError, UserError
+from tests.paths import REPO_ROOT
 from slmtrain.model.formats.hf import export_hf
 from tests.eval.eval_helpers import BOS, EOS
 from tests.adapt.conftest import options

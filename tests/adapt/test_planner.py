@@ -10,7 +10,7 @@ import pytest
 
 from slmtrain.adapt.methods import METHODS, LoraOptions
 from slmtrain.adapt.planner import measure_peak_bytes, no_grad_activation_bytes, plan_methods, predict
-from slmtrain.config import REPO_ROOT
+from tests.paths import REPO_ROOT
 from slmtrain.hardware import get_device
 from slmtrain.model import presets
 

@@ -9,7 +9,8 @@ import pytest
 
 from slmtrain.adapt.personal import FACTS
 from slmtrain.adapt.retrieval import CONTEXT_HEADER, build_index, chunk, read_documents, with_retrieval
-from slmtrain.config import REPO_ROOT, UserError
+from slmtrain.config import UserError
+from tests.paths import REPO_ROOT
 from slmtrain.eval.tasks import load_task
 
 
