@@ -16,21 +16,46 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+import torch.nn.functional as F
+import transformers
 
-import torch  # noqa: E402
-import transformers  # noqa: E402
-
-from bench.model_throughput import Runner, median  # noqa: E402
-from slmtrain.config import build, check_choice, split_args  # noqa: E402
-from slmtrain.model.config import ModelConfig, MoEConfig  # noqa: E402
-from slmtrain.model.formats.hf import export_hf  # noqa: E402
-from slmtrain.model.transformer import Transformer  # noqa: E402
+from slmtrain.config import build, check_choice, split_args
+from slmtrain.model.config import ModelConfig, MoEConfig
+from slmtrain.model.formats.hf import export_hf
+from slmtrain.model.transformer import Transformer
 
 MODES = ("fp32", "bf16")
+
+
+@dataclass
+class Runner:
+    """One model being trained: its step function, losses and step times."""
+
+    name: str
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    autocast: bool
+    losses: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def step(self, ids: torch.Tensor, targets: torch.Tensor, timed: bool) -> None:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.forward(ids)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.losses.append(loss.item())  # .item() waits for the step to finish
+        if timed:
+            self.seconds.append(time.perf_counter() - start)
 
 
 @dataclass
