@@ -430,11 +430,13 @@ def load_hf(path: str | Path, dtype: torch.dtype = torch.float32, *, experts: bo
         state = from_hf_state_dict(config, hf_state)
     except KeyError as e:
         raise UserError(f"{path}: weights do not match config.json, missing tensor {e}") from None
-    return model_from_state_dict(config, state, dtype)
+    return model_from_state_dict(config, state, dtype, experts=experts)
 
 
-def model_from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype) -> Transformer:
-    """A Transformer holding ``state`` (slmtrain names), built without initialising weights first."""
+def model_from_state_dict(config: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype,
+                          experts: bool = True) -> Transformer:
+    """A Transformer holding ``state`` (slmtrain names), built without initialising weights first; with
+    ``experts=False`` the routed experts may be absent (left on the meta device)."""
     with torch.device("meta"):
         model = Transformer(config)
     left_out = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=experts, assign=True)
