@@ -108,6 +108,9 @@ def load_model(spec: str | Path, dtype: torch.dtype = torch.float32) -> LoadedMo
         raise UserError(f"model not found: {spec} is neither a path nor a preset ({', '.join(presets.names())})")
     if path.suffix == ".gguf" and path.is_file():
         return LoadedModel(*load_gguf(path, dtype), f"gguf {path}")
+    if path.is_file() and path.suffix != ".ckpt":
+        raise UserError(f"{path}: not a readable slmtrain checkpoint or model file (expected a Hugging Face or run "
+                        "directory, a .ckpt or a .gguf file)")
     if path.is_dir() and (path / "config.json").is_file():
         config = read_hf_config(path)
         return LoadedModel(load_hf(path, dtype), _hf_tokenizer(path, config.get("bos_token_id")), f"hf {path}")
