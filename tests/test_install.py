@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,12 @@ from tests.paths import REPO_ROOT
 
 
 def test_installed_package_curates_tokenizes_and_trains_from_an_empty_directory(tmp_path: Path) -> None:
-    site = tmp_path / "site"
+    site, source = tmp_path / "site", tmp_path / "source"
+    # A copy of the sources (links kept): setuptools builds in the source tree, and the checkout must stay clean.
+    shutil.copytree(REPO_ROOT, source, symlinks=True,
+                    ignore=shutil.ignore_patterns(".git", ".venv", "runs", "build", "*.egg-info", "__pycache__"))
     build = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                            "--target", str(site), str(REPO_ROOT)], capture_output=True, text=True, timeout=600)
+                            "--target", str(site), str(source)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr
     assert (site / "slmtrain" / "declarations" / "recipes" / "demo.yaml").is_file()
     work = tmp_path / "empty"
