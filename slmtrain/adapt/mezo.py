@@ -9,7 +9,9 @@ projected gradient ``g = (L+ - L-) / (2 eps)`` estimates ``z . grad L``, and ``t
 The paper perturbs the weights in place and subtracts the perturbation again, which leaves rounding errors in
 the weights. Here a module's perturbed weights exist only while that module runs (a forward pre-hook puts
 ``p + eps z`` in place of ``p``, the forward hook puts the untouched original back), so between steps the weights
-change by the update alone, bit for bit, and the extra memory is one parameter's copy at a time.
+change by the update alone, bit for bit, and the extra memory is one parameter's copy at a time. The largest is a
+small model's tied embedding, held while the output layer runs: at short sequences that puts full-parameter MeZO
+a few percent above inference (1.08x at 2 x 128 tokens on SmolLM2-135M); on adapters (``mezo_lora``) it is 1.00x.
 """
 
 from __future__ import annotations
