@@ -35,7 +35,7 @@ RECIPES_DIR = REPO_ROOT / "recipes"
 BASE_RECIPE = "_finetune_base"
 # Starting learning rates: the usual ranges for AdamW full fine-tuning, LoRA, and MeZO (Malladi et al. use 1e-6 to
 # 1e-5 for all weights and larger rates on adapters). Small random test models want larger ones.
-DEFAULT_LR = {"full": 1e-4, "lora": 2e-3, "dora": 2e-3, "qlora": 2e-3, "mezo": 1e-5, "mezo_lora": 1e-3}
+DEFAULT_LR = {"full": 1e-4, "lora": 2e-3, "dora": 2e-3, "qlora": 2e-3, "mezo": 1e-5, "mezo_lora": 1e-4}
 
 
 @dataclass
