@@ -20,7 +20,7 @@ import json  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 
 from slmtrain.config import build, parse_overrides  # noqa: E402
 
@@ -33,6 +33,7 @@ class Args:
     lora_steps: int = 60  # LoRA training steps (micro_batch 4)
     mezo_steps: int = 200  # MeZO-LoRA steps, one perturbation each
     threads: int = 1  # torch CPU threads in every strategy's process
+    strategies: list[str] = field(default_factory=lambda: ["base", "retrieval", *RECIPES])  # which to run
     strategy: str | None = None  # internal: run one strategy in this process
     work: str | None = None  # internal: the folder holding the model and the task
 
@@ -88,7 +89,9 @@ def run_strategy(args: Args) -> dict:
     accuracy = evaluate_task(loaded.model, loaded.tokenizer, questions).metrics["acc"]
     latency = (time.perf_counter() - started) / len(questions.items)
     return {"strategy": args.strategy, "accuracy": accuracy,
-            "val_loss": mean_loss(loaded.model, evaluation_batches(val, 4, loaded.tokenizer.bos_id or 0)),
+            # the held-out answers' loss without context: for retrieval it would be the base model's again
+            "val_loss": None if args.strategy == "retrieval" else
+            mean_loss(loaded.model, evaluation_batches(val, 4, loaded.tokenizer.bos_id or 0)),
             "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "setup_s": setup,
             "s_per_question": latency}
 
@@ -106,7 +109,7 @@ def main(argv: list[str]) -> None:
         export_smollm2(work / "smollm2")
         write_personal_task(work / "task")
         rows = []
-        for strategy in ("base", "retrieval", *RECIPES):
+        for strategy in args.strategies:
             done = subprocess.run([sys.executable, __file__, *argv, f"strategy={strategy}", f"work={work}"],
                                   capture_output=True, text=True, timeout=3600)
             if done.returncode != 0:

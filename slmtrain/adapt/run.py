@@ -5,7 +5,7 @@ RUN_DIR/hf/        the merged model with its tokenizer (transformers loads it, l
 RUN_DIR/metrics.csv  per step: train loss, val loss (every val_every_n_steps and at the end), tokens/s, peak memory
 RUN_DIR/result.json  options, data reports, losses before and after, timings, memory, trainable parameters
 
-Options come from ``recipes/NAME.yaml`` (a delta over ``recipes/_finetune_base.yaml``) and ``key=value`` overrides.
+Options come from ``recipes/finetune/NAME.yaml`` (a delta over ``recipes/finetune/_base.yaml``) and ``key=value`` overrides.
 The loss is cross-entropy over the model's logits with ignore_index for prompts and padding.
 """
 
@@ -31,11 +31,11 @@ from slmtrain.adapt.mezo import MezoOptions, ZerothOrder
 from slmtrain.config import DECLARATIONS_DIR, UserError, build, check_choice, load_declaration, merge, require
 from slmtrain.eval import document_prefix_id
 
-RECIPES_DIR = DECLARATIONS_DIR / "recipes"
-BASE_RECIPE = "_finetune_base"
+RECIPES_DIR = DECLARATIONS_DIR / "recipes" / "finetune"  # apart from the training recipes
+BASE_RECIPE = "_base"
 # Starting learning rates: the usual ranges for AdamW full fine-tuning, LoRA, and MeZO (Malladi et al. use 1e-6 to
 # 1e-5 for all weights and larger rates on adapters). Small random test models want larger ones.
-DEFAULT_LR = {"full": 1e-4, "lora": 2e-3, "dora": 2e-3, "qlora": 2e-3, "mezo": 1e-5, "mezo_lora": 1e-3}
+DEFAULT_LR = {"full": 1e-4, "lora": 2e-3, "dora": 2e-3, "qlora": 2e-3, "mezo": 1e-5, "mezo_lora": 1e-4}
 
 
 @dataclass

@@ -58,7 +58,7 @@ def test_unusable_lines_are_counted_by_reason(tmp_path):
         {"text": "long " * 40}, "", "[1, 2]",
     ])
     examples, report = read_examples(path, ByteTokenizer(), seq_len=32)
-    assert report.lines == 8 and report.used == 2 and report.truncated == 1  # the long text; the long prompt is skipped
+    assert report.lines == 8 and report.used == 2 and report.truncated == 1  # the skipped long prompt is not counted
     assert dict(report.skipped) == {"invalid JSON": 1, "no field of a known format": 1, "empty completion": 1,
                                     "no assistant turn": 1, "no target token within seq_len=32": 1,
                                     "not a JSON object": 1}
