@@ -43,13 +43,16 @@ def run(argv: list[str]) -> int:
     base_dir = load_recipe(args.recipe, runs[0][1]).run_path
     configs = [load_recipe(args.recipe, {**delta, "run_dir": str(base_dir / name), "name": name} if name else delta)
                for name, delta in runs]  # every run validated before any trains
+    from slmtrain.train.parallel import launched_rank
     from slmtrain.train.run import RunInterrupted, plan
 
+    speaks = launched_rank() == 0
     for config in configs:
         if args.dry_run == "json":
             print(json.dumps(plan(config).to_dict()))
             continue
-        print(f"config: {json.dumps(dataclasses.asdict(config))}", flush=True)
+        if speaks:
+            print(f"config: {json.dumps(dataclasses.asdict(config))}", flush=True)
         if args.dry_run == "true":
             print(plan(config).format())
             continue
@@ -58,9 +61,11 @@ def run(argv: list[str]) -> int:
         try:
             result = train_recipe(config, resume=args.ckpt or False)
         except RunInterrupted as e:
-            print(f"{e}: python launch/train.py recipe={args.recipe} {' '.join(argv_without_ckpt(argv))} ckpt=last")
+            if speaks:
+                print(f"{e}: python launch/train.py recipe={args.recipe} {' '.join(argv_without_ckpt(argv))} ckpt=last")
             return 130
-        print(json.dumps({"run_dir": str(config.run_path), **{k: v for k, v in result.items() if k != "samples"}}))
+        if speaks:
+            print(json.dumps({"run_dir": str(config.run_path), **{k: v for k, v in result.items() if k != "samples"}}))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from slmtrain.model.transformer import Block, Transformer
@@ -30,3 +31,9 @@ def lightning_strategy(name: str) -> Any:
     from lightning.pytorch.strategies import FSDPStrategy
 
     return FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy=None, sharding_strategy="FULL_SHARD")
+
+
+def launched_rank() -> int:
+    """The process's global rank as torchrun (``RANK``) or srun (``SLURM_PROCID``) set it, before Lightning starts;
+    0 for a single process. Only rank 0 speaks on the terminal, so a job's log reads as a single run's."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))

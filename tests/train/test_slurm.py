@@ -13,6 +13,7 @@ import pytest
 
 from slmtrain.slurm import queued_jobs, wait_for_jobs
 from tests.train.test_train import train_losses
+from tests.output import diagnostics
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 32  # the tiny model takes a fraction of a second per step on 2 processes: time to requeue it mid-way
@@ -67,7 +68,7 @@ def test_print_sbatch_shows_the_job_script(shards, tmp_path):
     assert not (tmp_path / "run").exists()  # printing submits nothing
     bad = subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), "launcher=slurm", "slurm.nodes=0"],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert bad.returncode == 2 and bad.stderr.strip() == "error: slurm.nodes: must be >= 1, got 0"
+    assert bad.returncode == 2 and diagnostics(bad.stderr).strip() == "error: slurm.nodes: must be >= 1, got 0"
 
 
 def test_srun_ddp_losses_equal_torchrun(shards, tmp_path, torchrun_losses, slurm_cluster):
@@ -78,7 +79,9 @@ def test_srun_ddp_losses_equal_torchrun(shards, tmp_path, torchrun_losses, slurm
     finally:
         subprocess.run(["scancel", f"--name={name}"], check=True)
     log = next(run_dir.glob("slurm-*.out")).read_text()
-    assert "MEMBER: 1/2" in log and "MEMBER: 2/2" in log, log[-3000:]  # Lightning's two ranks, from srun
+    lightning_log = (run_dir / "train.log").read_text()  # both ranks' Lightning logging, off the terminal
+    assert "MEMBER: 1/2" in lightning_log and "MEMBER: 2/2" in lightning_log, lightning_log[-3000:]  # from srun
+    assert log.count('"val_loss"') == 1 and log.count("config: ") == 1, log[-3000:]  # rank 0 alone speaks
     assert train_losses(run_dir) == torchrun_losses
 
 
