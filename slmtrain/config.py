@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import sys
 import textwrap
 import types
@@ -171,6 +172,13 @@ def build(cls: type[T], data: Mapping[str, Any] | None = None, prefix: str = "",
 
 def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
+
+
+def announce(options: T) -> T:
+    """Print a command's resolved options (defaults filled in) as one ``config: {json}`` line on stderr, so that a
+    log says what ran while stdout keeps only the command's result; returns ``options``."""
+    print(f"config: {json.dumps(dataclasses.asdict(options), default=str)}", file=sys.stderr, flush=True)
+    return options
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:

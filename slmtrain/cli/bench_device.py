@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from slmtrain.config import ConfigError, build, check_choice, cli_main, split_args
+from slmtrain.config import ConfigError, announce, build, check_choice, cli_main, split_args
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -66,7 +66,7 @@ def run(argv: list[str]) -> int:
     _, overrides = split_args(argv)
     if "model" not in overrides:
         raise ConfigError("model", "required: model=PATH_OR_PRESET [prompt=512 gen=128 format=json ...]")
-    args = build(Args, overrides)
+    args = announce(build(Args, overrides))
     import torch
 
     from slmtrain.eval.report import append_csv, format_table, plot_runtime

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from slmtrain.config import build, cli_main, split_args
+from slmtrain.config import announce, build, cli_main, split_args
 from slmtrain.eval.codesign import TABLE_COLUMNS, CodesignOptions, codesign, write_outputs
 
 USAGE = "python launch/codesign.py params=100e6:400e6 precision=bf16 context=2048 out=DIR"
@@ -19,7 +19,7 @@ USAGE = "python launch/codesign.py params=100e6:400e6 precision=bf16 context=204
 
 def run(argv: list[str]) -> int:
     _, overrides = split_args(argv)
-    options = build(CodesignOptions, overrides, usage=USAGE)
+    options = announce(build(CodesignOptions, overrides, usage=USAGE))
     result = codesign(options)
     json_path, plot_path = write_outputs(result, options.out)
     if options.format == "json":

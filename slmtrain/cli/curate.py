@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
-from slmtrain.config import build, cli_main, split_args
+from slmtrain.config import announce, build, cli_main, split_args
 from slmtrain.data.pipeline import Submitted, format_table, run_pipeline
 
 
@@ -32,7 +32,7 @@ class CurateOptions:
 def run(argv: list[str]) -> int:
     _, values = split_args(argv)
     own = {f.name for f in fields(CurateOptions)}
-    options = build(CurateOptions, {k: v for k, v in values.items() if k in own})
+    options = announce(build(CurateOptions, {k: v for k, v in values.items() if k in own}))
     overrides = {k: v for k, v in values.items() if k not in own}  # the rest tunes the pipeline declaration
     stats = run_pipeline(options.filter, options.input, options.output, overrides, options.executor,
                          None if options.workers == "auto" else options.workers, options.wait, options.verbose)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from slmtrain.config import ConfigError, UserError, build, cli_main, split_args
+from slmtrain.config import ConfigError, UserError, announce, build, cli_main, split_args
 from slmtrain.eval.tasks import DATA_DIR
 
 
@@ -54,7 +54,7 @@ class Args:
 
 def run(argv: list[str]) -> int:
     _, overrides = split_args(argv)
-    args = build(Args, overrides)
+    args = announce(build(Args, overrides))
     from slmtrain.eval.perplexity import perplexity_of_shards, perplexity_of_texts, read_documents
     from slmtrain.eval.report import append_csv, format_table
     from slmtrain.artifacts import load_model

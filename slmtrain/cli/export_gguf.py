@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from slmtrain.config import build, cli_main, split_args
+from slmtrain.config import announce, build, cli_main, split_args
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Args:
 
 def run(argv: list[str]) -> int:
     _, overrides = split_args(argv)
-    args = build(Args, overrides, usage="model=PATH out=FILE.gguf [quant=f16|q8_0|q4_0|...]")
+    args = announce(build(Args, overrides, usage="model=PATH out=FILE.gguf [quant=f16|q8_0|q4_0|...]"))
     from slmtrain.model.formats.gguf import export_gguf
     from slmtrain.artifacts import load_model
 

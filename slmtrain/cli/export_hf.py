@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from slmtrain.config import build, cli_main, split_args
+from slmtrain.config import announce, build, cli_main, split_args
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -26,7 +26,7 @@ class Args:
 
 def run(argv: list[str]) -> int:
     _, overrides = split_args(argv)
-    args = build(Args, overrides, usage="ckpt=PATH out=DIR [dtype=fp32|bf16|fp16]")
+    args = announce(build(Args, overrides, usage="ckpt=PATH out=DIR [dtype=fp32|bf16|fp16]"))
     import torch
 
     from slmtrain.model.formats.hf import export_hf

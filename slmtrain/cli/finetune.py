@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from slmtrain.config import cli_main, split_args
+from slmtrain.config import announce, cli_main, split_args
 
 USAGE = "model=PATH data=FILE.jsonl method=NAME run_dir=DIR [key=value ...], or model=PATH method=all plan=true"
 
@@ -20,7 +20,7 @@ def run(argv: list[str]) -> int:
     _, overrides = split_args(argv)
     from slmtrain.adapt.run import finetune, load_options
 
-    options = load_options(overrides, usage=USAGE)
+    options = announce(load_options(overrides, usage=USAGE))
     if options.plan:
         from slmtrain.adapt.methods import METHODS
         from slmtrain.adapt.planner import format_plan, plan_methods

@@ -10,7 +10,7 @@ DIR/leaderboard.md, DIR/pareto_latency.png and DIR/pareto_memory.png, and prints
 
 from __future__ import annotations
 
-from slmtrain.config import build, cli_main, split_args
+from slmtrain.config import announce, build, cli_main, split_args
 from slmtrain.eval.leaderboard import LeaderboardOptions, leaderboard, markdown_table, write_leaderboard
 
 USAGE = "python launch/leaderboard.py models=A,B out=DIR [quant=none,int8 tasks=...]"
@@ -18,7 +18,7 @@ USAGE = "python launch/leaderboard.py models=A,B out=DIR [quant=none,int8 tasks=
 
 def run(argv: list[str]) -> int:
     _, overrides = split_args(argv)
-    options = build(LeaderboardOptions, overrides, usage=USAGE)
+    options = announce(build(LeaderboardOptions, overrides, usage=USAGE))
     rows = leaderboard(options)
     paths = write_leaderboard(rows, options.out)
     print(markdown_table(rows))

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from slmtrain.config import ConfigError, build, cli_main, split_args, to_dict
+from slmtrain.config import ConfigError, announce, build, cli_main, split_args, to_dict
 from slmtrain.model import presets
 from slmtrain.model.config import ModelConfig
 
@@ -70,6 +70,7 @@ def run(argv: list[str]) -> int:
     _, overrides = split_args(presets.expand_shorthand(argv))
     args = build(Args, overrides)
     config = model_config(args.model)
+    announce(args)  # once the model's keys are valid too: a bad key is one line
     report = config.accounting(args.seq_len)
     name = str(args.model.get("preset", "custom"))
     if args.format == "json":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from slmtrain.config import ConfigError, build, cli_main, split_args
+from slmtrain.config import ConfigError, announce, build, cli_main, split_args
 
 USAGE = "python launch/route.py calibrate|eval|demo KEY=VALUE ... (see the module docstring)"
 
@@ -26,14 +26,14 @@ def run(argv: list[str]) -> int:
     words, overrides = split_args(argv, positional=1)
     command = words[0] if words else None
     if command == "calibrate":
-        report = commands.calibrate(build(commands.CalibrateOptions, overrides, usage=USAGE))
+        report = commands.calibrate(announce(build(commands.CalibrateOptions, overrides, usage=USAGE)))
         print(format_table([report]))
     elif command == "eval":
-        report = commands.evaluate(build(commands.EvalOptions, overrides, usage=USAGE))
+        report = commands.evaluate(announce(build(commands.EvalOptions, overrides, usage=USAGE)))
         print(format_table(report["rows"]))
         print(format_table([{k: v for k, v in report.items() if k not in ("rows", "curve")}]))
     elif command == "demo":
-        report = commands.demo(build(commands.DemoOptions, overrides, usage=USAGE))
+        report = commands.demo(announce(build(commands.DemoOptions, overrides, usage=USAGE)))
         print(format_table([report["calibration"]]))
         print(format_table(report["evaluation"]["rows"]))
         summary = Path(report["calibration"]["router"]).with_name("report.json")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from slmtrain.config import ConfigError, cli_main, split_args
+from slmtrain.config import ConfigError, announce, build, cli_main, split_args
 from slmtrain.orchestrate import SweepOptions, run_sweep
 from slmtrain.scaling.commands import BudgetOptions, FitOptions, run_budget, run_fit
 
@@ -23,7 +23,9 @@ def run(argv: list[str]) -> int:
     words, options = split_args(argv, positional=1)
     if not words or words[0] not in COMMANDS:
         raise ConfigError("command", f"give a sub-command first; valid choices: {', '.join(COMMANDS)}")
-    command = {"fit": run_fit, "budget": run_budget, "sweep": run_sweep}[words[0]]
+    command, option_class = {"fit": (run_fit, FitOptions), "budget": (run_budget, BudgetOptions),
+                             "sweep": (run_sweep, SweepOptions)}[words[0]]
+    announce(build(option_class, options))
     result = command(options)
     if options.get("format") == "json":
         print(json.dumps(result))

@@ -8,14 +8,14 @@
 
 from __future__ import annotations
 
-from slmtrain.config import build, cli_main, split_args
+from slmtrain.config import announce, build, cli_main, split_args
 
 
 def run(argv: list[str]) -> int:
     from slmtrain.collab.server import ServeOptions, serve
 
     _, overrides = split_args(argv)
-    serve(build(ServeOptions, overrides, usage="python launch/serve.py model=PATH [port=8000 api_key=KEY]"))
+    serve(announce(build(ServeOptions, overrides, usage="python launch/serve.py model=PATH [port=8000 api_key=KEY]")))
     return 0
 
 

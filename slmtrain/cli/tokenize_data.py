@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmtrain.config import build, cli_main, split_args
+from slmtrain.config import announce, build, cli_main, split_args
 from slmtrain.data.shards import prepare_shards
 
 
@@ -26,7 +26,7 @@ class Args:
 
 def run(argv: list[str]) -> int:
     _, overrides = split_args(argv)
-    args = build(Args, overrides, usage="tokenizer=NAME input=CURATED output=SHARDS [workers=N ...]")
+    args = announce(build(Args, overrides, usage="tokenizer=NAME input=CURATED output=SHARDS [workers=N ...]"))
     stats = prepare_shards(args.tokenizer, args.input, args.output, args.workers, args.val_fraction, args.retrain,
                            args.tokenizer_dir)
     counts = stats["input"]

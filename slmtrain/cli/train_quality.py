@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from slmtrain.config import ConfigError, build, cli_main, split_args
+from slmtrain.config import ConfigError, announce, build, cli_main, split_args
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Args:
 
 def run(argv: list[str]) -> int:
     _, values = split_args(argv)
-    args = build(Args, values)
+    args = announce(build(Args, values))
     if args.kind == "fasttext":
         from slmtrain.data.filters.fasttext_quality import train_fasttext_classifier
 

@@ -17,6 +17,7 @@ from tests.paths import REPO_ROOT
 from slmtrain.model.formats.hf import export_hf
 from tests.eval.eval_helpers import BOS, EOS
 from tests.adapt.conftest import options
+from tests.output import diagnostics
 
 LEARNING_RATES = {"full": 1e-3, "lora": 1e-2, "dora": 1e-2, "qlora": 1e-2, "mezo": 1e-3, "mezo_lora": 1e-2}
 
@@ -107,5 +108,5 @@ def test_command_line_trains_and_reports_one_line_errors(base_dir, task, tmp_pat
     assert json.loads((tmp_path / "result.json").read_text())["steps"] == 2
     done = subprocess.run([*command, "method=sgd"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
+    assert diagnostics(done.stderr).strip().splitlines() == [
         "error: method: invalid value 'sgd'; valid choices: full, lora, dora, qlora, mezo, mezo_lora, all"]

@@ -10,6 +10,7 @@ import pytest
 from slmtrain.adapt.personal import FACTS
 from slmtrain.adapt.retrieval import CONTEXT_HEADER, build_index, chunk, read_documents, with_retrieval
 from slmtrain.config import UserError
+from tests.output import diagnostics
 from tests.paths import REPO_ROOT
 from slmtrain.eval.tasks import load_task
 
@@ -48,4 +49,4 @@ def test_eval_command_with_retrieval(base_dir, task):
     assert "questions+retrieval" in done.stdout
     done = subprocess.run([*command[:3], f"text={task['notes.txt']}", f"retrieval={task['notes.txt']}"],
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "retrieval goes into slmtrain task prompts" in done.stderr
+    assert done.returncode == 2 and "retrieval goes into slmtrain task prompts" in diagnostics(done.stderr)

@@ -18,6 +18,7 @@ from datatrove.data import Document
 from datatrove.pipeline.writers import JsonlWriter
 from pydoc_data.topics import topics
 
+from tests.output import diagnostics
 from tests.paths import REPO_ROOT
 from slmtrain.data.debian_docs import fetch_debian_pages
 from slmtrain.data.filters.extractors import (GUARD_MIN_PAGES, MassRemoval, ResiliparseExtractor,
@@ -157,8 +158,8 @@ def test_an_unimportable_extractor_library_fails_fast_with_one_line(tmp_path: Pa
                              f"output={tmp_path / 'out'}", "workers=1"], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0, result.stderr
-    assert "steps.trafilatura" in result.stderr and "lxml_html_clean" in result.stderr
+    assert diagnostics(result.stderr).strip().count("\n") == 0, diagnostics(result.stderr)
+    assert "steps.trafilatura" in diagnostics(result.stderr) and "lxml_html_clean" in diagnostics(result.stderr)
     assert not (tmp_path / "out" / "logs").exists()  # refused before any stage ran
 
 

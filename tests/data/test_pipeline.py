@@ -11,6 +11,7 @@ import pytest
 from pydoc_data.topics import topics
 
 from slmtrain.config import ConfigError, UserError
+from tests.output import diagnostics
 from tests.paths import REPO_ROOT
 from slmtrain.data.pipeline import load_pipeline_config, run_pipeline
 
@@ -95,7 +96,7 @@ def test_empty_input_is_a_one_line_error(tmp_path: Path) -> None:
     empty.mkdir()
     result = subprocess.run([sys.executable, "launch/curate.py", "filter=fineweb", f"input={empty}",
                              f"output={tmp_path / 'out'}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and result.stderr.strip() == f"error: input folder {empty} is empty"
+    assert result.returncode == 2 and diagnostics(result.stderr).strip() == f"error: input folder {empty} is empty"
     (empty / "a.jsonl").write_text("\n\n")  # files, but no records in them
     with pytest.raises(UserError, match="no documents in"):
         run_pipeline(str(REPO_ROOT / "data_filters" / "demo.yaml"), empty, tmp_path / "out2",
@@ -143,10 +144,10 @@ def test_cli_reports_user_errors_in_one_line(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "launch/curate.py", "filter=nope", f"output={tmp_path}"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "unknown filter 'nope'" in result.stderr
+    assert diagnostics(result.stderr).strip().count("\n") == 0 and "unknown filter 'nope'" in diagnostics(result.stderr)
     result = subprocess.run([sys.executable, "launch/train_quality.py", "kind=embedding", f"out={tmp_path}/h.npz"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "needs annotations=" in result.stderr
+    assert result.returncode == 2 and "needs annotations=" in diagnostics(result.stderr)
 
 
 @pytest.mark.slow

@@ -16,6 +16,8 @@ from slmtrain.model import presets
 from slmtrain.model.config import ModelConfig
 from slmtrain.train.config import load_recipe
 
+from tests.output import diagnostics
+
 REPO = Path(__file__).resolve().parents[2]
 TINY_SEARCH = {"params": "2e6:8e6", "widths": "128:384", "vocab": [4096], "context": 256, "max_candidates": 4,
                "rounds": 2, "compare_presets": False, "prompt": 32, "gen": 4}
@@ -102,4 +104,4 @@ def test_model_at_a_file_that_is_not_a_codesign_result_is_one_config_error(tmp_p
         presets.expand_shorthand([f"model=@{bad}"])
     run = subprocess.run([sys.executable, str(REPO / "launch" / "codesign.py"), "params=400e6:100e6",
                           f"out={tmp_path}"], capture_output=True, text=True, cwd=REPO)
-    assert run.returncode == 2 and run.stderr.strip().count("\n") == 0 and "MIN <= MAX" in run.stderr
+    assert run.returncode == 2 and diagnostics(run.stderr).strip().count("\n") == 0 and "MIN <= MAX" in diagnostics(run.stderr)

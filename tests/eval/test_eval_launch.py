@@ -11,6 +11,8 @@ import pydoc_data.topics
 
 from slmtrain.model.formats.gguf import read_gguf
 
+from tests.output import diagnostics
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -53,4 +55,4 @@ def test_export_gguf_from_a_preset(tmp_path, capsys):
 def test_user_errors_are_one_line_and_exit_2(tmp_path):
     run = subprocess.run([sys.executable, str(REPO / "launch" / "export_gguf.py"), "model=tiny",
                           f"out={tmp_path / 'x.gguf'}", "quant=q3"], capture_output=True, text=True, cwd=REPO)
-    assert run.returncode == 2 and run.stderr.strip().count("\n") == 0 and "q4_0" in run.stderr
+    assert run.returncode == 2 and diagnostics(run.stderr).strip().count("\n") == 0 and "q4_0" in diagnostics(run.stderr)

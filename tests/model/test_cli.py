@@ -13,6 +13,8 @@ import transformers
 
 from slmtrain.model import presets
 
+from tests.output import diagnostics
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -32,6 +34,8 @@ def test_model_info_json_is_the_accounting() -> None:
     assert report["train_flops_per_token"] == expected.train_flops_per_token(1024)
     assert report["kv_cache_bytes_per_token"] == expected.kv_cache_bytes_per_token()
     assert report["config"]["n_layer"] == 10
+    announced = json.loads(result.stderr.splitlines()[0].removeprefix("config: "))  # the resolved options, first
+    assert announced["model"]["preset"] == "smollm2-135m" and announced["seq_len"] == 1024
 
 
 def test_model_info_table() -> None:
@@ -68,8 +72,8 @@ def test_model_info_user_errors_are_one_line(args: list[str], message: str) -> N
     result = run("model_info.py", *args)
     assert result.returncode == 2
     assert result.stdout == ""
-    assert result.stderr.startswith(message)
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert diagnostics(result.stderr).startswith(message)
+    assert len(diagnostics(result.stderr).strip().splitlines()) == 1
 
 
 def save_word_tokenizer(path: Path) -> None:
@@ -114,5 +118,5 @@ def test_export_hf_script_from_an_hf_directory(tmp_path: Path) -> None:
 def test_export_hf_script_user_errors_are_one_line(args: list[str], message: str) -> None:
     result = run("export_hf.py", *args)
     assert result.returncode == 2
-    assert result.stderr.startswith(message)
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert diagnostics(result.stderr).startswith(message)
+    assert len(diagnostics(result.stderr).strip().splitlines()) == 1

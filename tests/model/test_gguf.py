@@ -16,6 +16,7 @@ from slmtrain.model.formats.gguf import export_gguf, gguf_tensors, permute_for_g
 from slmtrain.model.transformer import apply_rope, rope_cos_sin
 from tests.eval.eval_helpers import save_byte_level_hf_tokenizer, tiny_model
 from tests.model.gguf_helpers import CHAT_TEMPLATE, TRICKY_TEXT, byte_level_bpe_model_dir, sentencepiece_tokenizer
+from tests.output import diagnostics
 
 ARCHITECTURES = {"llama": {}, "qwen2": {"qkv_bias": True}, "qwen3": {"qk_norm": True, "head_dim": 32}}
 
@@ -248,4 +249,4 @@ def test_export_gguf_to_an_unwritable_path_is_one_line(tmp_path):
     run = subprocess.run([sys.executable, str(repo / "launch" / "export_gguf.py"), "model=tiny", "out=/proc/m.gguf"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 2, run.stderr
-    assert run.stderr.strip().count("\n") == 0 and "cannot write /proc/m.gguf" in run.stderr
+    assert diagnostics(run.stderr).strip().count("\n") == 0 and "cannot write /proc/m.gguf" in diagnostics(run.stderr)

@@ -27,6 +27,7 @@ from slmtrain.model.moe import MoE
 from slmtrain.model.transformer import Transformer
 from slmtrain.scaling.devices import Deployment
 from tests.model.test_presets import PUBLISHED_PARAMS
+from tests.output import diagnostics
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL: dict[str, Any] = dict(vocab_size=300, n_layer=3, d_model=48, n_head=4, n_kv_head=2, ffn_hidden=80,
@@ -255,5 +256,5 @@ def test_model_info_reports_active_params() -> None:
     table = run_model_info("model=qwen1.5-moe-a2.7b")
     assert "60 experts, top-4" in table.stdout and "active_params" in table.stdout
     bad = run_model_info("model=tiny-moe", "model.moe.top_k=9")
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+    assert bad.returncode == 2 and diagnostics(bad.stderr).strip().splitlines() == [
         "error: model.moe.top_k: must be between 1 and experts=4, got 9"]

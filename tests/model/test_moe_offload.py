@@ -19,6 +19,7 @@ from slmtrain.model.formats.hf import export_hf, load_hf
 from slmtrain.model.offload import load_offloaded, measure_offloaded_decode, resident_weight_bytes
 from slmtrain.model.transformer import Transformer
 from tests.model.test_hf import randomize
+from tests.output import diagnostics
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERTS = 8
@@ -104,7 +105,7 @@ def test_bench_device_reports_the_offload_figures(moe_dir: Path) -> None:
         report["memory_bytes_per_token"] / DEVICES["jetson-orin-nano-8gb"].memory_bandwidth
         + report["storage_bytes_per_token"] / DEVICES["jetson-orin-nano-8gb"].storage_bandwidth))
     too_many = run_bench(f"model={moe_dir}", "offload=experts", "max_resident_experts=9")
-    assert too_many.returncode == 2 and too_many.stderr.strip().splitlines() == [
+    assert too_many.returncode == 2 and diagnostics(too_many.stderr).strip().splitlines() == [
         f"error: max_resident_experts: must be between 1 and the model's {EXPERTS} experts per layer, got 9"]
     missing = run_bench(f"model={moe_dir}", "offload=experts")
-    assert missing.returncode == 2 and "max_resident_experts" in missing.stderr
+    assert missing.returncode == 2 and "max_resident_experts" in diagnostics(missing.stderr)

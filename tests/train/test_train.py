@@ -19,6 +19,7 @@ from slmtrain.train.callbacks import read_metrics
 from slmtrain.train.config import load_recipe, recipe_names
 from slmtrain.train.run import plan, train
 from tests.conftest import tiny_recipe
+from tests.output import diagnostics
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -166,7 +167,7 @@ def test_bad_recipe_keys_fail_naming_the_key():
         gradient_accumulation(load_recipe("demo", {"batch": {"tokens": 1000}}), world=1)
     proc = subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), "recipe=nope"], capture_output=True,
                           text=True, cwd=REPO)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: recipe: unknown recipe 'nope'; valid choices:")
+    assert proc.returncode == 2 and diagnostics(proc.stderr).startswith("error: recipe: unknown recipe 'nope'; valid choices:")
 
 
 def test_ddp_two_processes_see_each_sample_once(shards, tmp_path):
@@ -252,19 +253,22 @@ def test_a_given_shards_path_is_never_built(tmp_path):
     assert not (tmp_path / "absent").exists()
 
 
-def test_sigint_writes_a_checkpoint_and_the_resume_is_exact(shards, tmp_path, uninterrupted_losses):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and what Slurm or kill sends
+def test_a_stop_signal_writes_a_checkpoint_and_the_resume_is_exact(shards, tmp_path, uninterrupted_losses, stop_signal):
     run_dir = tmp_path / "interrupted"
     victim = _launch(shards, run_dir, "ckpt_every_n_steps=1000")  # no periodic checkpoint: only the interrupt's
     deadline = time.time() + 300
     while time.time() < deadline and max(train_losses(run_dir) if (run_dir / "metrics.csv").is_file() else {0: ""}) < 5:
         time.sleep(0.02)
-    victim.send_signal(signal.SIGINT)
+    victim.send_signal(stop_signal)
     out, _ = victim.communicate(timeout=300)
     assert victim.returncode == 130, out
     stopped = max(train_losses(run_dir))
     assert stopped < RUN_STEPS, "the run finished before it could be interrupted"
-    assert f"stopped after step {stopped}" in out and "ckpt=last" in out
+    assert f"{stop_signal.name}: stopped after step {stopped}" in out and "ckpt=last" in out
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == stopped
+    if stop_signal == signal.SIGTERM:
+        return  # the resume below is the same for either signal; SIGINT's run shows it
     resumed = _launch(shards, run_dir, "ckpt_every_n_steps=1000", "ckpt=last")
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
