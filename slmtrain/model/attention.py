@@ -2,7 +2,9 @@
 
 ``attend(q, k, v, backend=..., doc_ids=...)`` takes queries ``(B, H, T, D)`` and keys/values ``(B, KV, S, D)`` with
 ``H`` a multiple of ``KV`` (GQA/MQA) and ``S >= T``: the ``T`` queries are the last ``T`` positions of the ``S`` keys
-(the KV-cache case), so causality is aligned bottom-right.
+(the KV-cache case), so causality is aligned bottom-right. With ``query_positions`` (B, T) each row's queries sit at
+their own positions instead (a ragged KV cache: a batch of requests of different lengths) and attend to the keys at
+or before them.
 
 - ``sdpa``: ``F.scaled_dot_product_attention`` with ``enable_gqa`` (no repeated K/V materialised); the default.
 - ``flash``: flash-attn 2 when importable and on CUDA; otherwise, or with document masking, SDPA computes the same.
@@ -25,20 +27,25 @@ def attend(
     *,
     backend: str = "sdpa",
     doc_ids: torch.Tensor | None = None,
+    query_positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention; with ``doc_ids`` (B, T) also no attention across document boundaries (packed samples)."""
-    if backend == "flash" and doc_ids is None and q.is_cuda and _flash_attn_func() is not None:
+    aligned = doc_ids is None and query_positions is None
+    if backend == "flash" and aligned and q.is_cuda and _flash_attn_func() is not None:
         return _flash(q, k, v)
     if backend == "eager":
-        return _eager(q, k, v, doc_ids)
-    return _sdpa(q, k, v, doc_ids)
+        return _eager(q, k, v, doc_ids, query_positions)
+    return _sdpa(q, k, v, doc_ids, query_positions)
 
 
-def attention_mask(t: int, s: int, device: torch.device, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Boolean mask (True = attend): (T, S), or (B, 1, T, S) with documents."""
+def attention_mask(t: int, s: int, device: torch.device, doc_ids: torch.Tensor | None = None,
+                   query_positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean mask (True = attend): (T, S), or (B, 1, T, S) with documents or per-row query positions."""
+    key_pos = torch.arange(s, device=device)
+    if query_positions is not None:
+        return (key_pos[None, None, :] <= query_positions[:, :, None])[:, None]
     query_pos = torch.arange(s - t, s, device=device)[:, None]
-    key_pos = torch.arange(s, device=device)[None, :]
-    mask = key_pos <= query_pos
+    mask = key_pos[None, :] <= query_pos
     if doc_ids is not None:
         if doc_ids.shape[-1] != s:
             raise ValueError("document masking needs doc_ids for every key position (no KV cache)")
@@ -47,22 +54,24 @@ def attention_mask(t: int, s: int, device: torch.device, doc_ids: torch.Tensor |
     return mask
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None,
+          query_positions: torch.Tensor | None) -> torch.Tensor:
     t, s = q.shape[-2], k.shape[-2]
     gqa = q.shape[1] != k.shape[1]
-    if doc_ids is None and t == s:  # the fused causal kernels need no mask tensor
+    if doc_ids is None and query_positions is None and t == s:  # the fused causal kernels need no mask tensor
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    mask = attention_mask(t, s, q.device, doc_ids)
+    mask = attention_mask(t, s, q.device, doc_ids, query_positions)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
-def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
+def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None,
+           query_positions: torch.Tensor | None) -> torch.Tensor:
     groups = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(groups, dim=1)
     v = v.repeat_interleave(groups, dim=1)
     t, s = q.shape[-2], k.shape[-2]
     scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])
-    mask = attention_mask(t, s, q.device, doc_ids)
+    mask = attention_mask(t, s, q.device, doc_ids, query_positions)
     scores = scores.masked_fill(~mask, float("-inf"))
     return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)
 

@@ -48,9 +48,12 @@ def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling) 
 
 
 def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables (T, head_dim) in fp32 for the given positions."""
-    freqs = positions.float()[:, None] * inv_freq[None, :]
+    """cos and sin tables in fp32 for the given positions: (T, head_dim) for positions (T,), or (B, 1, T, head_dim)
+    for per-row positions (B, T), one table per row shared by its heads."""
+    freqs = positions.float()[..., None] * inv_freq
     angles = torch.cat((freqs, freqs), dim=-1)
+    if positions.dim() == 2:
+        angles = angles[:, None]
     return angles.cos(), angles.sin()
 
 
@@ -63,22 +66,53 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 # ------------------------------------------------------------------------------------------------------- KV cache
 class KVCache:
-    """Preallocated keys and values of every layer for incremental decoding."""
+    """Preallocated keys and values of every layer for incremental decoding. Its rows share one ``length``, except
+    in a ``ragged`` cache (a server's batch of independent requests): there each row has its own length
+    (``row_lengths``), a forward pass takes the first ``used_rows`` rows and appends to each at that row's end, and
+    each row attends only to its own filled positions."""
 
-    def __init__(self, config: ModelConfig, batch: int, max_len: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, config: ModelConfig, batch: int, max_len: int, device: torch.device, dtype: torch.dtype,
+                 ragged: bool = False):
         shape = (config.n_layer, batch, config.kv_heads, max_len, config.head_dim_)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.length = 0  # positions already filled, valid for every layer once a forward pass completes
+        self.row_lengths = torch.zeros(batch, dtype=torch.long, device=device) if ragged else None
+        self.used_rows = batch  # ragged: rows 0..used_rows-1 take part in a forward pass
+        self.query_positions: torch.Tensor | None = None  # ragged: (B, T) positions of the pass under way
+        self.end = 0  # ragged: one past the last position any row writes in the pass under way
+
+    def positions(self, t: int) -> torch.Tensor:
+        """Start a pass of ``t`` tokens: their positions, (T,), or (B, T) in a ragged cache."""
+        steps = torch.arange(t, device=self.keys.device)
+        if self.row_lengths is None:
+            self.end = self.length + t
+            return self.length + steps
+        self.query_positions = self.row_lengths[: self.used_rows, None] + steps
+        self.end = int(self.query_positions[:, -1].max()) + 1
+        return self.query_positions
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.length + k.shape[-2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache full: {end} positions needed, {self.max_len} allocated")
-        self.keys[layer, :, :, self.length : end] = k
-        self.values[layer, :, :, self.length : end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        if self.end > self.max_len:
+            raise ValueError(f"KV cache full: {self.end} positions needed, {self.max_len} allocated")
+        if self.row_lengths is None:
+            self.keys[layer, :, :, self.length : self.end] = k
+            self.values[layer, :, :, self.length : self.end] = v
+        else:  # row b's t new entries go to positions query_positions[b]; (B, T) indices around a slice: (B, T, KV, D)
+            rows = torch.arange(k.shape[0], device=k.device)[:, None]
+            self.keys[layer][rows, :, self.query_positions] = k.transpose(1, 2)
+            self.values[layer][rows, :, self.query_positions] = v.transpose(1, 2)
+            used = slice(0, self.used_rows)
+            return self.keys[layer, used, :, : self.end], self.values[layer, used, :, : self.end]
+        return self.keys[layer, :, :, : self.end], self.values[layer, :, :, : self.end]
+
+    def advance(self, t: int) -> None:
+        """The pass's ``t`` tokens are in every layer."""
+        self.length += t
+        if self.row_lengths is not None:
+            self.row_lengths[: self.used_rows] += t
+            self.query_positions = None
 
 
 # ------------------------------------------------------------------------------------------------------ the block
@@ -118,9 +152,11 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        query_positions = None
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        y = attend(q, k, v, backend=self.backend, doc_ids=doc_ids)
+            query_positions = cache.query_positions
+        y = attend(q, k, v, backend=self.backend, doc_ids=doc_ids, query_positions=query_positions)
         return self.out(y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
 
 
@@ -223,10 +259,10 @@ class Transformer(nn.Module):
         (B, T) it returns the mean cross-entropy over the targets that are not ``loss.IGNORE_INDEX`` instead, computed
         chunk by chunk (slmtrain.model.loss) so that the (B, T, vocab) logits never exist."""
         t = input_ids.shape[1]
-        start = 0 if cache is None else cache.length
-        if start + t > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start + t} tokens exceeds max_seq_len={self.config.max_seq_len}")
-        positions = torch.arange(start, start + t, device=input_ids.device)
+        positions = torch.arange(t, device=input_ids.device) if cache is None else cache.positions(t)
+        end = t if cache is None else cache.end
+        if end > self.config.max_seq_len:
+            raise ValueError(f"sequence of {end} tokens exceeds max_seq_len={self.config.max_seq_len}")
         x = self.embed(input_ids)
         rope = None
         if self.pos_embed is not None:
@@ -236,7 +272,7 @@ class Transformer(nn.Module):
         for layer, block in enumerate(self.blocks):
             x = block(x, rope, doc_ids, cache, layer)
         if cache is not None:
-            cache.length += t
+            cache.advance(t)
         x = self.norm(x)
         if targets is not None:
             head = self.lm_head.weight

@@ -118,6 +118,30 @@ def test_kv_cache_equals_full_recompute(overrides: dict[str, Any], chunk: int) -
     torch.testing.assert_close(incremental, full, **TOL)
 
 
+@pytest.mark.parametrize("overrides", [{}, dict(n_kv_head=1), dict(position="learned")], ids=["gqa", "mqa", "learned"])
+def test_ragged_cache_decodes_rows_of_different_lengths_as_each_alone(overrides: dict[str, Any]) -> None:
+    """A server's batch: rows of 6, 11 and 3 tokens (read alone, then copied into rows of a ragged cache with room
+    for 4) advance one token per pass together; each row's logits are those of its own sequence recomputed whole."""
+    model = tiny_model(**overrides)
+    rows = [torch.randint(0, 256, (n + 5,), generator=torch.Generator().manual_seed(n)) for n in (6, 11, 3)]
+    cache = KVCache(model.config, 4, 32, torch.device("cpu"), torch.float32, ragged=True)
+    with torch.no_grad():
+        for row, ids in enumerate(rows):
+            own = KVCache(model.config, 1, 32, torch.device("cpu"), torch.float32)
+            model(ids[None, :-5], cache=own)
+            cache.keys[:, row, :, : own.length] = own.keys[:, 0, :, : own.length]
+            cache.values[:, row, :, : own.length] = own.values[:, 0, :, : own.length]
+            cache.row_lengths[row] = own.length
+        cache.used_rows = 3
+        for step in range(5):
+            tokens = torch.stack([ids[len(ids) - 5 + step] for ids in rows])[:, None]
+            batched = model(tokens, cache=cache)[:, -1]
+            for row, ids in enumerate(rows):
+                alone = model(ids[None, : len(ids) - 4 + step])[0, -1]
+                torch.testing.assert_close(batched[row], alone, **TOL)
+    assert cache.row_lengths.tolist() == [11, 16, 8, 0]  # the unused row took no part
+
+
 def test_kv_cache_overflow_is_an_error() -> None:
     model = tiny_model()
     cache = KVCache(model.config, 1, 4, torch.device("cpu"), torch.float32)
