@@ -44,6 +44,16 @@ class Step:
     top: list[tuple[int, float]]  # the likeliest tokens and their log-probabilities, best first
 
 
+def next_step(logits: torch.Tensor, temperature: float, top_p: float | None, top_n: int,
+              generator: torch.Generator | None) -> Step:
+    """The token chosen from one position's (V,) logits, with what the model knew about it."""
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+    token = pick_token(logits, temperature, top_p, generator)
+    best = logprobs.topk(min(top_n, logprobs.numel())) if top_n else None
+    return Step(token=token, logprob=float(logprobs[token]), entropy=float(-(logprobs.exp() * logprobs).sum()),
+                top=[] if best is None else list(zip(best.indices.tolist(), best.values.tolist())))
+
+
 @torch.no_grad()
 def decode_steps(model: Transformer, prompt_ids: Sequence[int], max_new_tokens: int, *, temperature: float = 0.0,
                  top_p: float | None = None, top_n: int = 0,
@@ -57,13 +67,10 @@ def decode_steps(model: Transformer, prompt_ids: Sequence[int], max_new_tokens: 
     cache = KVCache(model.config, 1, total, device, next(model.parameters()).dtype)
     logits = model(prompt, cache=cache)[0, -1]
     for _ in range(total - prompt.shape[1]):
-        logprobs = F.log_softmax(logits.float(), dim=-1)
-        token = pick_token(logits, temperature, top_p, generator)
-        best = logprobs.topk(min(top_n, logprobs.numel())) if top_n else None
-        yield Step(token=token, logprob=float(logprobs[token]), entropy=float(-(logprobs.exp() * logprobs).sum()),
-                   top=[] if best is None else list(zip(best.indices.tolist(), best.values.tolist())))
+        step = next_step(logits, temperature, top_p, top_n, generator)
+        yield step
         if cache.length < total:
-            logits = model(torch.as_tensor([[token]], device=device), cache=cache)[0, -1]
+            logits = model(torch.as_tensor([[step.token]], device=device), cache=cache)[0, -1]
 
 
 @dataclass
@@ -80,45 +87,68 @@ class Finish:
     steps: list[Step] = field(default_factory=list)  # every generated step, the stopping token's included
 
 
+class TextRelease:
+    """Turns generated steps into text as it becomes final. Text that could be the start of a stop string (or half
+    of a multi-byte character) is held back until the next tokens settle it; a stop string and what follows it are
+    never released, and neither is EOS. ``push`` each step, then ``end`` unless a push already finished."""
+
+    def __init__(self, tokenizer: TextTokenizer, stop: Sequence[str] = ()):
+        self.tokenizer, self.stop = tokenizer, list(stop)
+        self.steps: list[Step] = []
+        self.released_tokens, self.released_chars = 0, 0
+        self.finished = False
+
+    def push(self, step: Step) -> list[Piece | Finish]:
+        steps, decode = self.steps, self.tokenizer.decode
+        steps.append(step)
+        if step.token == self.tokenizer.eos_id:
+            self.finished = True
+            events: list[Piece | Finish] = []
+            if self.released_tokens < len(steps) - 1:
+                text = decode([s.token for s in steps[:-1]])
+                events.append(Piece(text[self.released_chars:], steps[self.released_tokens:-1]))
+            return [*events, Finish("stop", steps)]
+        text = decode([s.token for s in steps])
+        hits = [text.find(s, self.released_chars) for s in self.stop]  # released text holds no stop's start
+        cut = min((h for h in hits if h >= 0), default=-1)
+        if cut >= 0:
+            self.finished = True
+            ends = [len(decode([s.token for s in steps[: i + 1]])) for i in range(self.released_tokens, len(steps))]
+            starts = [self.released_chars, *ends[:-1]]
+            kept = [s for s, start in zip(steps[self.released_tokens:], starts) if start < cut]
+            piece = [Piece(text[self.released_chars:cut], kept)] if cut > self.released_chars else []
+            return [*piece, Finish("stop", steps)]
+        if _unsettled(text, self.stop):
+            return []
+        piece = Piece(text[self.released_chars:], steps[self.released_tokens:])
+        self.released_tokens, self.released_chars = len(steps), len(text)
+        return [piece]
+
+    def end(self, reason: str = "length") -> list[Piece | Finish]:
+        """The held-back text and the Finish, once generation ended for ``reason`` ("length", or "timeout": then
+        nothing more is released)."""
+        self.finished = True
+        if reason != "length" or self.released_tokens == len(self.steps):
+            return [Finish(reason, self.steps)]
+        text = self.tokenizer.decode([s.token for s in self.steps])
+        return [Piece(text[self.released_chars:], self.steps[self.released_tokens:]), Finish(reason, self.steps)]
+
+
 def complete_text(model: Transformer, tokenizer: TextTokenizer, prompt_ids: Sequence[int], max_tokens: int, *,
                   temperature: float = 0.0, top_p: float | None = None, stop: Sequence[str] = (), top_n: int = 0,
                   generator: torch.Generator | None = None,
                   keep_going: Callable[[], bool] = lambda: True) -> Iterator[Piece | Finish]:
-    """Generated text as it becomes final, ending with one ``Finish``. Text that could be the start of a stop string
-    (or half of a multi-byte character) is held back until the next tokens settle it; a stop string and what follows
-    it are never released, and neither is EOS."""
-    steps: list[Step] = []
-    released_tokens, released_chars = 0, 0
+    """Generated text as it becomes final (see :class:`TextRelease`), ending with one ``Finish``."""
+    release = TextRelease(tokenizer, stop)
     for step in decode_steps(model, prompt_ids, max_tokens, temperature=temperature, top_p=top_p, top_n=top_n,
                              generator=generator):
         if not keep_going():
-            yield Finish("timeout", steps)
+            yield from release.end("timeout")
             return
-        steps.append(step)
-        if step.token == tokenizer.eos_id:
-            if released_tokens < len(steps) - 1:
-                text = tokenizer.decode([s.token for s in steps[:-1]])
-                yield Piece(text[released_chars:], steps[released_tokens:-1])
-            yield Finish("stop", steps)
+        yield from release.push(step)
+        if release.finished:
             return
-        text = tokenizer.decode([s.token for s in steps])
-        hits = [text.find(s, released_chars) for s in stop]  # released text holds no stop's start
-        cut = min((h for h in hits if h >= 0), default=-1)
-        if cut >= 0:
-            ends = [len(tokenizer.decode([s.token for s in steps[: i + 1]])) for i in range(released_tokens, len(steps))]
-            starts = [released_chars, *ends[:-1]]
-            kept = [s for s, start in zip(steps[released_tokens:], starts) if start < cut]
-            if cut > released_chars:
-                yield Piece(text[released_chars:cut], kept)
-            yield Finish("stop", steps)
-            return
-        if not _unsettled(text, stop):
-            yield Piece(text[released_chars:], steps[released_tokens:])
-            released_tokens, released_chars = len(steps), len(text)
-    if released_tokens < len(steps):
-        text = tokenizer.decode([s.token for s in steps])
-        yield Piece(text[released_chars:], steps[released_tokens:])
-    yield Finish("length", steps)
+    yield from release.end()
 
 
 def _unsettled(text: str, stop: Sequence[str]) -> bool:

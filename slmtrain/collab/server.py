@@ -1,8 +1,9 @@
 """An OpenAI-compatible HTTP server (FastAPI + uvicorn) for any model ``load_model`` takes.
 
 Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (``stream`` as server-sent
-events), ``GET /health``. One worker thread owns the model and serves requests one at a time, in arrival order:
-requests never share a KV cache, so they cannot corrupt each other. Up to ``max_queue`` wait; more get 429. Every
+events), ``GET /health``. One worker thread owns the model and decodes up to ``max_batch`` requests together, one
+token each per forward pass, each in its own row of a ragged KV cache with its own sampler, so that they cannot
+corrupt each other; the others wait in arrival order. Up to ``max_queue`` wait; more get 429. Every
 request has a deadline (queue wait included): past it, generation stops and the answer is a 504 error (or an error
 event, once a stream has begun). Every failure is an OpenAI-style error object
 ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status, never a 500 for bad input.
@@ -32,9 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from slmtrain.artifacts import LoadedModel, TextTokenizer
-from slmtrain.collab.decoding import Finish, Piece, Step, complete_text
+from slmtrain.collab.decoding import Finish, Piece, Step, TextRelease, next_step
 from slmtrain.config import ConfigError, UserError
 from slmtrain.eval import document_prefix_id
+from slmtrain.model.transformer import KVCache
 
 
 @dataclass
@@ -44,6 +46,7 @@ class ServeOptions:
     port: int = 8000  # TCP port
     api_key: str | None = None  # when set, every request needs "Authorization: Bearer KEY" (401 otherwise)
     name: str | None = None  # model id in /v1/models and responses (default: the model path's last part)
+    max_batch: int = 8  # requests decoded together, one token each per forward pass; 1 serves them one at a time
     max_queue: int = 16  # requests allowed to wait for the model; more are refused with 429
     request_timeout_s: float = 60.0  # each request's time limit, queue wait included (504 past it)
     max_body_bytes: int = 1_000_000  # larger request bodies are refused with 413
@@ -51,7 +54,7 @@ class ServeOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ConfigError("port", f"must be in [0, 65535], got {self.port}")
-        for key in ("max_queue", "request_timeout_s", "max_body_bytes"):
+        for key in ("max_batch", "max_queue", "request_timeout_s", "max_body_bytes"):
             if getattr(self, key) <= 0:
                 raise ConfigError(key, f"must be positive, got {getattr(self, key)}")
 
@@ -150,15 +153,35 @@ class Job:
         return not self.cancelled.is_set() and time.monotonic() < self.deadline
 
 
-class Engine:
-    """The worker thread that owns the model and serves queued jobs one at a time."""
+@dataclass(eq=False)  # found in the batch by identity
+class Active:
+    """A job being decoded: its text so far, its sampler, and the token its row feeds next."""
 
-    def __init__(self, loaded: LoadedModel, max_queue: int):
+    job: Job
+    release: TextRelease
+    generator: torch.Generator
+    generated: int = 0
+    last_token: int = 0
+
+
+class Engine:
+    """The worker thread that owns the model. It decodes up to ``max_batch`` jobs at once, one token for all of them
+    per forward pass (continuous batching: a job joins at the next step once its prompt is read, and leaves when it
+    finishes); the rest wait in arrival order. Each job has its own row of a ragged KV cache and its own sampler,
+    so jobs cannot corrupt each other."""
+
+    def __init__(self, loaded: LoadedModel, max_queue: int, max_batch: int):
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
-        self.max_queue = max_queue
+        self.max_queue, self.max_batch = max_queue, max_batch
         self.jobs: queue.Queue[Job | None] = queue.Queue()  # None: the worker's signal to end
-        self.closing = threading.Event()  # shutting down: the job in progress stops at its next token
+        self.closing = threading.Event()  # shutting down: the jobs in progress stop at their next token
         self.thread = threading.Thread(target=self._run, name="slmtrain-engine", daemon=True)
+        parameter = next(self.model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        self.cache = self._new_cache(min(256, self.model.config.max_seq_len))
+        self.active: list[Active] = []  # in row order: active[i] decodes in cache row i
+        self.ending = False
+        self.largest_batch = 0  # the most rows one forward pass has decoded
 
     def start(self) -> None:
         self.thread.start()
@@ -176,24 +199,105 @@ class Engine:
         self.jobs.put_nowait(job)
 
     def _run(self) -> None:
-        while (job := self.jobs.get()) is not None:
+        with torch.no_grad():
+            while not self.ending or self.active:
+                self._admit()
+                if self.active:
+                    try:
+                        self._step()
+                    except Exception as e:  # a model failure answers the requests in the batch; the server stays up
+                        for active in self.active:
+                            active.job.emit(APIError(500, f"generation failed: {type(e).__name__}: {e}",
+                                                     "server_error"))
+                        self.active.clear()
+
+    def _admit(self) -> None:
+        """Start waiting jobs while rows are free; block for one only when nothing is being decoded."""
+        while not self.ending and len(self.active) < self.max_batch:
             try:
-                self._generate(job)
-            except Exception as e:  # a model failure answers that request and keeps the server up
+                job = self.jobs.get(block=not self.active)
+            except queue.Empty:
+                return
+            if job is None:
+                self.ending = True
+                return
+            try:
+                self._prefill(job)
+            except Exception as e:
                 job.emit(APIError(500, f"generation failed: {type(e).__name__}: {e}", "server_error"))
 
-    def _generate(self, job: Job) -> None:
-        def keep_going() -> bool:
-            return job.keep_going() and not self.closing.is_set()
-
-        if not keep_going():
+    def _prefill(self, job: Job) -> None:
+        """Read the job's prompt on its own, then give it the next free row of the batch's cache."""
+        if not job.keep_going() or self.closing.is_set():
             job.emit(Finish("timeout"))
             return
+        prompt = torch.as_tensor([job.prompt_ids], device=self.device)
+        self.model.check_token_ids(prompt)
+        own = KVCache(self.model.config, 1, prompt.shape[1], self.device, self.dtype)
+        logits = self.model(prompt, cache=own)[0, -1]
+        row = len(self.active)
+        self._ensure_room(prompt.shape[1] + 1)
+        self.cache.keys[:, row, :, : own.length] = own.keys[:, 0]
+        self.cache.values[:, row, :, : own.length] = own.values[:, 0]
+        self.cache.row_lengths[row] = own.length
         generator = torch.Generator().manual_seed(job.seed if job.seed is not None else random.getrandbits(63))
-        for event in complete_text(self.model, self.tokenizer, job.prompt_ids, job.max_tokens,
-                                   temperature=job.temperature, top_p=job.top_p, stop=job.stop, top_n=job.top_n,
-                                   generator=generator, keep_going=keep_going):
+        active = Active(job, TextRelease(self.tokenizer, job.stop), generator)
+        self.active.append(active)
+        self._take(active, logits)
+
+    def _step(self) -> None:
+        """One forward pass over every active row, then each job's next token."""
+        rows = len(self.active)
+        self.largest_batch = max(self.largest_batch, rows)
+        self._ensure_room(int(self.cache.row_lengths[:rows].max()) + 1)
+        self.cache.used_rows = rows
+        tokens = torch.as_tensor([[a.last_token] for a in self.active], device=self.device)
+        logits = self.model(tokens, cache=self.cache)[:, -1]
+        for active, row_logits in zip(list(self.active), logits):
+            self._take(active, row_logits)
+
+    def _take(self, active: Active, logits: torch.Tensor) -> None:
+        """Choose the job's next token and release its text; a job that is done leaves the batch."""
+        job = active.job
+        if not job.keep_going() or self.closing.is_set():
+            events = active.release.end("timeout")
+        else:
+            step = next_step(logits, job.temperature, job.top_p, job.top_n, active.generator)
+            active.generated += 1
+            active.last_token = step.token
+            events = active.release.push(step)
+            full = int(self.cache.row_lengths[self.active.index(active)]) >= self.model.config.max_seq_len
+            if not active.release.finished and (active.generated >= job.max_tokens or full):
+                events += active.release.end("length")
+        for event in events:
             job.emit(event)
+        if active.release.finished:
+            self._leave(self.active.index(active))
+
+    def _leave(self, row: int) -> None:
+        """Free ``row``: the last active row moves into it, so the active rows stay 0..n-1."""
+        last = len(self.active) - 1
+        if row != last:
+            length = int(self.cache.row_lengths[last])
+            self.cache.keys[:, row, :, :length] = self.cache.keys[:, last, :, :length]
+            self.cache.values[:, row, :, :length] = self.cache.values[:, last, :, :length]
+            self.cache.row_lengths[row] = length
+            self.active[row] = self.active[last]
+        self.active.pop()
+
+    def _new_cache(self, length: int) -> KVCache:
+        return KVCache(self.model.config, self.max_batch, length, self.device, self.dtype, ragged=True)
+
+    def _ensure_room(self, length: int) -> None:
+        """Grow the batch's cache (doubling, up to the context) to hold ``length`` positions: memory follows the
+        longest request in flight, not the context times the batch."""
+        if length <= self.cache.max_len:
+            return
+        grown = self._new_cache(min(max(length, 2 * self.cache.max_len), self.model.config.max_seq_len))
+        grown.keys[:, :, :, : self.cache.max_len] = self.cache.keys
+        grown.values[:, :, :, : self.cache.max_len] = self.cache.values
+        grown.row_lengths.copy_(self.cache.row_lengths)
+        self.cache = grown
 
 
 # -------------------------------------------------------------------------------------------------- application
@@ -202,7 +306,7 @@ def create_app(loaded: LoadedModel, options: ServeOptions) -> FastAPI:
         raise UserError(f"{loaded.source} has no tokenizer: serving text needs one")
     tokenizer: TextTokenizer = loaded.tokenizer
     context = loaded.model.config.max_seq_len
-    engine = Engine(loaded, options.max_queue)
+    engine = Engine(loaded, options.max_queue, options.max_batch)
     created = int(time.time())
 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -218,7 +322,8 @@ def create_app(loaded: LoadedModel, options: ServeOptions) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": options.model_id, "queued": engine.jobs.qsize()}
+        return {"status": "ok", "model": options.model_id, "queued": engine.jobs.qsize(),
+                "decoding": len(engine.active), "max_batch": options.max_batch, "largest_batch": engine.largest_batch}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

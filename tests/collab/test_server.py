@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -10,7 +12,8 @@ import pytest
 import torch
 
 from slmtrain.artifacts import load_model
-from slmtrain.collab.server import BackgroundServer, ServeOptions, chat_prompt_ids, create_app
+from slmtrain.collab.decoding import Finish, Piece
+from slmtrain.collab.server import BackgroundServer, Engine, Job, ServeOptions, chat_prompt_ids, create_app
 from slmtrain.model.formats.hf import export_hf
 from tests.eval.eval_helpers import BOS, EOS, save_byte_level_hf_tokenizer, tiny_model
 
@@ -115,6 +118,48 @@ def test_eight_concurrent_clients_get_their_own_answers(client, loaded):
         assert list(pool.map(ask, prompts)) == expected
 
 
+def run_engine(loaded, max_batch: int, requests: list[tuple[str, int, float, int | None]]
+               ) -> tuple[list[tuple[str, str]], int]:
+    """Queue every request (prompt, max_tokens, temperature, seed) before the engine starts, so that it admits as
+    many as its batch holds at once; returns their texts with finish reasons, and the largest batch it decoded."""
+    loop = asyncio.new_event_loop()
+    engine = Engine(loaded, max_queue=len(requests), max_batch=max_batch)
+    jobs = [Job([BOS, *loaded.tokenizer.encode(prompt)], max_tokens, temperature, 1.0, [], seed, 0,
+                time.monotonic() + 120, loop) for prompt, max_tokens, temperature, seed in requests]
+    for job in jobs:
+        engine.submit(job)
+
+    async def text(job: Job) -> tuple[str, str]:
+        pieces = []
+        while not isinstance(event := await asyncio.wait_for(job.events.get(), 60), Finish):
+            assert isinstance(event, Piece), event
+            pieces.append(event.text)
+        return "".join(pieces), event.reason
+
+    engine.start()
+    try:
+        async def every_text() -> list[tuple[str, str]]:
+            return list(await asyncio.gather(*map(text, jobs)))
+
+        return loop.run_until_complete(every_text()), engine.largest_batch
+    finally:
+        engine.stop()
+        loop.close()
+
+
+def test_batched_requests_decode_as_each_would_alone(loaded):
+    """Requests of different lengths join and leave one batch (continuous batching over a ragged KV cache): each
+    answer is the one it gets alone, greedy or seeded sampling."""
+    requests = [(f"{'word ' * i}number {i}:", 6 + 5 * i, 0.0 if i % 2 else 1.0, i) for i in range(7)]
+    batched, largest = run_engine(loaded, 4, requests)
+    alone, one = run_engine(loaded, 1, requests)
+    assert largest == 4 and one == 1
+    assert batched == alone
+    greedy = [i for i, (_, _, temperature, _) in enumerate(requests) if temperature == 0 and batched[i][1] == "length"]
+    assert greedy
+    assert [batched[i][0] for i in greedy] == [greedy_text(loaded, requests[i][0], requests[i][1]) for i in greedy]
+
+
 def test_bad_requests_get_openai_error_objects(client, server):
     cases = [
         (openai.AuthenticationError, lambda: openai.OpenAI(base_url=server.base_url, api_key="wrong", max_retries=0)
@@ -148,7 +193,7 @@ def test_time_limit_and_full_queue_are_errors_not_hangs(loaded, model_dir):
         with pytest.raises(openai.APIStatusError) as raised:
             client.completions.create(model="tiny", prompt="x", max_tokens=50)
         assert raised.value.status_code == 504 and raised.value.body["code"] == "timeout"
-    with start(loaded, model_dir, max_queue=1) as narrow:
+    with start(loaded, model_dir, max_batch=1, max_queue=1) as narrow:
         client = openai.OpenAI(base_url=narrow.base_url, api_key="none", max_retries=0)
 
         def ask(_: int) -> int:
