@@ -11,7 +11,7 @@ COMMANDS = {
     "train": "train", "curate": "curate", "tokenize": "tokenize_data", "train-quality": "train_quality",
     "eval": "eval", "export-hf": "export_hf", "export-gguf": "export_gguf", "bench-device": "bench_device",
     "model-info": "model_info", "scaling": "scaling", "serve": "serve", "route": "route", "codesign": "codesign",
-    "leaderboard": "leaderboard", "finetune": "finetune",
+    "leaderboard": "leaderboard", "finetune": "finetune", "index": "index",
 }
 
 

@@ -4,7 +4,8 @@
     python launch/eval.py model=PATH text=FILE[,FILE] [quant=int8,int8-dynamic,int4]   # perplexity (+ quantised)
     python launch/eval.py model=PATH shards=DIR [split=val max_tokens=N]
     python launch/eval.py model=PATH tasks=NAME harness=true [include_path=DIR_OF_TASK_YAMLS]
-    python launch/eval.py model=PATH tasks=NAME retrieval=DOCS[,DOCS] [retrieval_method=bm25|minilm retrieval_k=3]
+    python launch/eval.py model=PATH tasks=NAME retrieval=INDEX_DIR|DOCS[,DOCS] [retrieval_method=bm25|minilm
+                           retrieval_k=3]
     [csv=results.csv] appends every result row; model: an slmtrain run/checkpoint, an HF directory or a preset.
 """
 
@@ -35,7 +36,7 @@ class Args:
     stride: int | None = None
     quant: list[str] = field(default_factory=list)  # with text=: perplexity change of each scheme
     csv: Path | None = None
-    retrieval: list[Path] = field(default_factory=list)  # documents (.txt, or .jsonl with text) retrieved into each task prompt
+    retrieval: list[Path] = field(default_factory=list)  # a saved index (slmtrain index), or documents (.txt, .jsonl)
     retrieval_method: Literal["bm25", "minilm"] = "bm25"  # lexical BM25 or MiniLM embeddings (slmtrain.adapt.retrieval)
     retrieval_k: int = 3  # chunks put in front of each prompt
 
@@ -90,9 +91,9 @@ def run(argv: list[str]) -> int:
 
         index = None
         if args.retrieval:
-            from slmtrain.adapt.retrieval import build_index, read_documents
+            from slmtrain.adapt.retrieval import open_index
 
-            index = build_index(read_documents(args.retrieval), args.retrieval_method)
+            index = open_index(args.retrieval, args.retrieval_method)
         for name in args.tasks:
             task = load_task(name, args.task_dir)
             if index is not None:
