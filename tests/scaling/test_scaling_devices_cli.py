@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from slmtrain.config import ConfigError, UserError
+from tests.output import diagnostics
 from tests.paths import REPO_ROOT
 from slmtrain.model import presets
 from slmtrain.hardware import DEVICES
@@ -119,5 +120,5 @@ def test_cli_errors_are_one_line(args: tuple[str, ...], message: str, capsys) ->
     with pytest.raises(SystemExit) as exit_code:
         main(list(args))
     assert exit_code.value.code == 2
-    stderr = capsys.readouterr().err
+    stderr = diagnostics(capsys.readouterr().err)
     assert message in stderr and len(stderr.strip().splitlines()) == 1
