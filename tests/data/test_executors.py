@@ -19,7 +19,7 @@ import pytest
 
 from slmtrain.config import ConfigError
 from slmtrain.data.demo import write_demo_documents
-from slmtrain.data.pipeline import run_pipeline, slurm_job_name
+from slmtrain.data.pipeline import run_pipeline
 from slmtrain.slurm import queued_jobs
 
 PAGES = 300  # demo pages: FineWeb's filters keep ~40 of them, the demo pipeline ~150
@@ -71,13 +71,12 @@ def no_usage_stats(monkeypatch) -> None:
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
 
 
-@pytest.mark.parametrize("pipeline", ["fineweb", "demo"])  # demo trains its fastText model between stages
-def test_ray_local_cluster_matches_local_executor(pipeline, pages, local, tmp_path, no_usage_stats):
+def test_ray_local_cluster_matches_local_executor(pages, local, tmp_path, no_usage_stats):
     import ray
 
-    stats = run_pipeline(pipeline, pages, tmp_path / "ray", {**QUICK, "cluster": RAY}, executor="ray", workers=2)
+    stats = run_pipeline("fineweb", pages, tmp_path / "ray", {**QUICK, "cluster": RAY}, executor="ray", workers=2)
     assert stats.executor == "ray" and not ray.is_initialized()  # the cluster it started is gone
-    assert outcome(tmp_path / "ray") == local(pipeline)
+    assert outcome(tmp_path / "ray") == local("fineweb")
     assert sorted(p.name for p in (tmp_path / "ray" / "logs" / "filter_1" / "stats").iterdir()) == [
         "00000.json", "00001.json", "00002.json"]
 
@@ -105,7 +104,8 @@ def rank_worker_pids() -> list[int]:
 
 def test_ray_joined_cluster_survives_a_killed_worker(pages, local, tmp_path, no_usage_stats):
     """A running cluster is joined with cluster.address=; a worker SIGKILLed mid-task is retried, and the output
-    is the local executor's, with no document lost or written twice."""
+    is the local executor's, with no document lost or written twice. The demo pipeline: it trains its fastText
+    model in the driver between stages (fineweb runs on Ray above)."""
     holder = subprocess.Popen([sys.executable, "-c", HOLD_CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
     try:
@@ -123,11 +123,11 @@ def test_ray_joined_cluster_survives_a_killed_worker(pages, local, tmp_path, no_
 
         killer = threading.Thread(target=kill_the_first_busy_worker, daemon=True)
         killer.start()
-        stats = run_pipeline("fineweb", pages, tmp_path / "ray", {**QUICK, "cluster": {"address": address}},
+        stats = run_pipeline("demo", pages, tmp_path / "ray", {**QUICK, "cluster": {"address": address}},
                              executor="ray", workers=2)
         killer.join(timeout=1)
         assert killed, "no Ray worker was seen running a task"
-        assert stats.totals.balanced and outcome(tmp_path / "ray") == local("fineweb")
+        assert stats.totals.balanced and outcome(tmp_path / "ray") == local("demo")
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
@@ -145,25 +145,6 @@ def slurm_jobs(slurm_cluster) -> Iterator[list[str]]:
         subprocess.run(["scancel", f"--name={name}"], check=True)
 
 
-def test_slurm_jobs_match_local_executor(pages, local, tmp_path, slurm_jobs):
-    with pytest.raises(ConfigError, match="cluster.partition: required for executor=slurm"):
-        run_pipeline("fineweb", pages, tmp_path / "no_partition", executor="slurm")
-    with pytest.raises(ConfigError, match="cluster.bogus: unknown key; valid keys: SlurmPipelineExecutor: .*partition"):
-        run_pipeline("fineweb", pages, tmp_path / "bogus", {"cluster": {"partition": "cpu", "bogus": 1}},
-                     executor="slurm")
-    stages = ("filter_1", "minhash_1_signatures", "minhash_1_buckets", "minhash_1_cluster", "filter_2")
-    slurm_jobs += [slurm_job_name(tmp_path / "slurm", stage) for stage in stages]
-    stats = run_pipeline("fineweb", pages, tmp_path / "slurm", {**QUICK, **SLURM}, executor="slurm", workers=2,
-                         wait=True)
-    assert stats.executor == "slurm"
-    assert outcome(tmp_path / "slurm") == local("fineweb")
-    logs = tmp_path / "slurm" / "logs"
-    script = (logs / "filter_1" / "launch_script.slurm").read_text()
-    assert "#SBATCH --array=0-2%2" in script and "srun" in script and "launch_pickled_pipeline" in script
-    job_logs = sorted(p.name for p in (logs / "minhash_1_buckets" / "slurm_logs").glob("*.out"))
-    assert len(job_logs) == 3  # 2 array tasks and the job that merges their stats
-
-
 def dependencies(names: list[str]) -> dict[str, str]:
     """Job name -> the dependencies it still waits for, as squeue shows them."""
     out = subprocess.run(["squeue", "--noheader", f"--name={','.join(names)}", "--format=%j|%E"],
@@ -171,7 +152,14 @@ def dependencies(names: list[str]) -> dict[str, str]:
     return dict(line.split("|") for line in out.splitlines())
 
 
-def test_cancelled_slurm_jobs_resume_when_run_again(pages, local, tmp_path, slurm_jobs):
+def test_slurm_jobs_cancelled_resume_when_run_again_and_match_the_local_executor(pages, local, tmp_path, slurm_jobs):
+    """A chain of job arrays, cancelled mid-way (scancel) and run again with wait=true: the jobs that had not
+    finished run, and the output is the local executor's."""
+    with pytest.raises(ConfigError, match="cluster.partition: required for executor=slurm"):
+        run_pipeline("fineweb", pages, tmp_path / "no_partition", executor="slurm")
+    with pytest.raises(ConfigError, match="cluster.bogus: unknown key; valid keys: SlurmPipelineExecutor: .*partition"):
+        run_pipeline("fineweb", pages, tmp_path / "bogus", {"cluster": {"partition": "cpu", "bogus": 1}},
+                     executor="slurm")
     out, completions = tmp_path / "slurm", tmp_path / "slurm" / "logs" / "filter_1" / "completions"
     submitted = run_pipeline("fineweb", pages, out, {**QUICK, **SLURM}, executor="slurm", workers=2)
     slurm_jobs += submitted.jobs
@@ -188,7 +176,12 @@ def test_cancelled_slurm_jobs_resume_when_run_again(pages, local, tmp_path, slur
     done_before = len(list(completions.iterdir()))
     assert not queued_jobs(submitted.jobs) and not (out / "logs" / "filter_2" / "completions").exists()
 
-    run_pipeline("fineweb", pages, out, {**QUICK, **SLURM}, executor="slurm", workers=2, wait=True)
-    assert outcome(out) == local("fineweb")
+    stats = run_pipeline("fineweb", pages, out, {**QUICK, **SLURM}, executor="slurm", workers=2, wait=True)
+    assert stats.executor == "slurm" and outcome(out) == local("fineweb")
+    logs = out / "logs"
+    script = (logs / "minhash_1_signatures" / "launch_script.slurm").read_text()  # a stage the cancel left whole
+    assert "#SBATCH --array=0-2%2" in script and "srun" in script and "launch_pickled_pipeline" in script
+    job_logs = sorted(p.name for p in (logs / "minhash_1_buckets" / "slurm_logs").glob("*.out"))
+    assert len(job_logs) == 3  # 2 array tasks and the job that merges their stats
     if done_before < 3:  # the re-run ran only the tasks that had not finished
         assert len(json.loads((out / "logs" / "filter_1" / "ranks_to_run.json").read_text())) == 3 - done_before

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -79,8 +80,8 @@ def uninterrupted_losses(shards, tmp_path_factory) -> dict[int, str]:
     return losses
 
 
-@pytest.mark.parametrize("kill_after", [6, 10])  # resume from step 4 (early in the run) and from step 8
-def test_sigkill_then_resume_logs_identical_losses(shards, tmp_path, uninterrupted_losses, kill_after):
+def test_sigkill_then_resume_logs_identical_losses(shards, tmp_path, uninterrupted_losses):
+    kill_after = 6  # the resume is from step 4's checkpoint: early in the run, where the data order once broke
     killed_dir = tmp_path / "killed"
     victim = _launch(shards, killed_dir)
     deadline = time.time() + 300
@@ -329,10 +330,15 @@ def test_a_moved_run_keeps_its_tokenizer_and_loads_without_shards(tmp_path):
         assert loaded.tokenizer is not None and loaded.tokenizer.decode(loaded.tokenizer.encode("def f(x):")) == "def f(x):"
         assert loaded.tokenizer.bos_id == loaded.tokenizer.eos_id  # documents start after EOS, as in training
     (tmp_path / "held_out.txt").write_text("The for statement is used to iterate over the elements of a sequence.")
-    for command in (["export_hf.py", f"ckpt={moved / 'checkpoints' / 'last.ckpt'}", f"out={tmp_path / 'exported'}"],
-                    ["eval.py", f"model={moved / 'checkpoints' / 'last.ckpt'}", f"text={tmp_path / 'held_out.txt'}"],
-                    ["bench_device.py", f"model={moved}", "prompt=16", "gen=4", "repeats=1", "format=json"]):
-        proc = subprocess.run([sys.executable, str(REPO / "launch" / command[0]), *command[1:]], capture_output=True,
+    commands = (["export_hf.py", f"ckpt={moved / 'checkpoints' / 'last.ckpt'}", f"out={tmp_path / 'exported'}"],
+                ["eval.py", f"model={moved / 'checkpoints' / 'last.ckpt'}", f"text={tmp_path / 'held_out.txt'}"],
+                ["bench_device.py", f"model={moved}", "prompt=16", "gen=4", "repeats=1", "format=json"])
+
+    def run(command: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(REPO / "launch" / command[0]), *command[1:]], capture_output=True,
                               text=True, cwd=tmp_path, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    with ThreadPoolExecutor(2) as pool:  # independent commands, one thread each
+        for proc in pool.map(run, commands):
+            assert proc.returncode == 0, proc.stdout + proc.stderr
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "exported").config.vocab_size == 512
