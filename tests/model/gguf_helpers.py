@@ -17,6 +17,15 @@ TEXTS = list(pydoc_data.topics.topics.values())
 TRICKY_TEXT = ("Hello world! I've told HIM we'LL pay 1234567 or 3.14159 -- café naïve 😀 🦙🦙\n\n"
                "    def f(x):\n\treturn x  +  1   # done\r\n")
 CHAT_TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+# tiny_model overrides for each llama.cpp MoE architecture: Mixtral (llama with experts), OLMoE (QK-norm over the
+# projections, top-k weights as they are), Qwen2-MoE (q/k/v biases, a gated shared expert)
+MOE_ARCHITECTURES = {
+    "llama": {"moe": {"experts": 4, "top_k": 2, "expert_ffn_hidden": 64}},
+    "olmoe": {"qk_norm": True, "qk_norm_scope": "projection", "n_kv_head": 4,
+              "moe": {"experts": 4, "top_k": 2, "expert_ffn_hidden": 64, "renormalize": False}},
+    "qwen2moe": {"qkv_bias": True, "moe": {"experts": 4, "top_k": 2, "expert_ffn_hidden": 32, "shared_experts": 1,
+                                           "shared_ffn_hidden": 64, "shared_gate": True, "renormalize": False}},
+}
 
 
 def sentencepiece_tokenizer(folder: Path) -> RunTokenizer:

@@ -15,7 +15,8 @@ from slmtrain.model.config import RopeScaling
 from slmtrain.model.formats.gguf import export_gguf, gguf_tensors, permute_for_gguf, read_gguf, unpermute_from_gguf
 from slmtrain.model.transformer import apply_rope, rope_cos_sin
 from tests.eval.eval_helpers import save_byte_level_hf_tokenizer, tiny_model
-from tests.model.gguf_helpers import CHAT_TEMPLATE, TRICKY_TEXT, byte_level_bpe_model_dir, sentencepiece_tokenizer
+from tests.model.gguf_helpers import (CHAT_TEMPLATE, MOE_ARCHITECTURES, TRICKY_TEXT, byte_level_bpe_model_dir,
+                                     sentencepiece_tokenizer)
 from tests.output import diagnostics
 
 ARCHITECTURES = {"llama": {}, "qwen2": {"qkv_bias": True}, "qwen3": {"qk_norm": True, "head_dim": 32}}
@@ -74,6 +75,34 @@ def test_tied_model_has_no_output_tensor_and_llama3_rope_gets_factors(tmp_path):
     assert factors[0] == pytest.approx(1.0) and factors[-1] == pytest.approx(8.0)
 
 
+@pytest.mark.parametrize("arch", MOE_ARCHITECTURES)
+def test_an_moe_gguf_stacks_its_experts_and_imports_with_identical_logits(tmp_path, arch):
+    model = tiny_model(**MOE_ARCHITECTURES[arch])
+    c, moe = model.config, model.config.moe
+    summary = export_gguf(model, tmp_path / "q.gguf", "q8_0")
+    assert summary["architecture"] == arch
+    back = {name: (shape, kind) for name, (shape, kind, _) in read_gguf(tmp_path / "q.gguf").items()}
+    width = c.expert_ffn_dim
+    expected = {"ffn_gate_inp": ((moe.experts, c.d_model), "F32"),  # routers stay exact, as llama.cpp keeps them
+                "ffn_gate_exps": ((moe.experts, width, c.d_model), "Q8_0"),
+                "ffn_up_exps": ((moe.experts, width, c.d_model), "Q8_0"),
+                "ffn_down_exps": ((moe.experts, c.d_model, width), "Q8_0")}
+    if moe.shared_experts:
+        expected |= {"ffn_gate_inp_shexp": ((c.d_model,), "F32"),
+                     "ffn_gate_shexp": ((c.shared_ffn_dim, c.d_model), "Q8_0"),
+                     "ffn_up_shexp": ((c.shared_ffn_dim, c.d_model), "Q8_0"),
+                     "ffn_down_shexp": ((c.d_model, c.shared_ffn_dim), "Q8_0")}
+    for i in range(c.n_layer):
+        assert {name: back[f"blk.{i}.{name}.weight"] for name in expected} == expected
+        assert f"blk.{i}.ffn_gate.weight" not in back
+    assert ("output.weight" in back) == (arch != "llama")  # llama.cpp's olmoe and qwen2moe need it, tied or not
+    export_gguf(model, tmp_path / "m.gguf", "f32")
+    loaded = load_model(tmp_path / "m.gguf").model
+    assert loaded.config.moe == moe and len(loaded.moe_layers()) == c.n_layer
+    ids = torch.tensor([[5, 80, 200, 7, 9, 100, 31, 64, 150, 2, 222, 18]])
+    assert torch.equal(loaded(ids), model(ids))
+
+
 def test_permuted_q_k_give_the_same_attention_scores_with_interleaved_rope():
     """llama.cpp rotates adjacent pairs (2i, 2i+1) for ``llama``; slmtrain rotates halves (i, i+d/2). After the
     permutation the query-key scores must be identical, and the import undoes it exactly."""
@@ -111,10 +140,20 @@ def test_permuted_q_k_give_the_same_attention_scores_with_interleaved_rope():
     ({"qk_norm": True, "qkv_bias": True}, "f16", "qk_norm together with qkv_bias"),
     ({}, "q4_K", "cannot quantise K-quants"),
     ({}, "q3_k_s", "quant"),
+    ({"moe": {"experts": 4, "score": "sigmoid"}}, "f16", "moe.score=sigmoid"),
+    ({"moe": {"experts": 4, "loss_free_bias": True}}, "f16", "moe.loss_free_bias"),
+    ({"moe": {"experts": 4, "shared_experts": 1}}, "f16", "without moe.shared_gate"),
+    ({**MOE_ARCHITECTURES["olmoe"], "moe": {"experts": 4}}, "f16", "^moe.renormalize: .* olmoe"),
+    ({**MOE_ARCHITECTURES["qwen2moe"], "moe": {"experts": 4, "shared_experts": 1, "shared_gate": True}}, "f16",
+     "^moe.renormalize: .* qwen2moe"),
+    ({**MOE_ARCHITECTURES["qwen2moe"], "moe": {**MOE_ARCHITECTURES["qwen2moe"]["moe"], "dense_layers": 1}}, "f16",
+     "^moe.dense_layers: .* qwen2moe .*no leading dense blocks"),
+    ({**MOE_ARCHITECTURES["olmoe"], "n_kv_head": 2}, "f16", "^n_kv_head: .* olmoe"),
 ])
 def test_what_llama_cpp_would_misread_is_refused_before_writing(tmp_path, overrides, quant, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as error:
         export_gguf(tiny_model(**overrides), tmp_path / "m.gguf", quant)
+    assert "\n" not in str(error.value)
     assert list(tmp_path.iterdir()) == []
 
 

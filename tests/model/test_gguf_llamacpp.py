@@ -1,5 +1,6 @@
 """Exported GGUF files run in llama.cpp itself (llama-cpp-python): it tokenizes like the model's own tokenizer and,
-from an f16 export, computes slmtrain's logits and greedy continuation, for every architecture and tokenizer kind."""
+from an f16 export, computes slmtrain's logits and greedy continuation, for every architecture (Mixture-of-Experts
+ones included) and tokenizer kind."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from slmtrain.artifacts import load_model
 from slmtrain.eval.llamacpp import greedy, open_gguf, prompt_logits
 from slmtrain.model.formats.gguf import export_gguf
 from tests.eval.eval_helpers import tiny_model
-from tests.model.gguf_helpers import TRICKY_TEXT, byte_level_bpe_model_dir, sentencepiece_tokenizer
+from tests.model.gguf_helpers import MOE_ARCHITECTURES, TRICKY_TEXT, byte_level_bpe_model_dir, sentencepiece_tokenizer
 
 ARCHITECTURES = {"llama": {}, "qwen2": {"qkv_bias": True}, "qwen3": {"qk_norm": True, "head_dim": 32}}
 SHARP = {"init_std": 0.3}  # random weights this large give a greedy continuation that is not one repeated token
@@ -71,3 +72,11 @@ def test_a_model_without_tokenizer_runs_on_token_ids(tmp_path):
     summary = export_gguf(model, tmp_path / "m.gguf", "f16")
     assert summary["vocabulary"].startswith("none")
     assert_runs_like_slmtrain(tmp_path / "m.gguf", model, [5, 80, 200, 7, 9, 100])
+
+
+@pytest.mark.parametrize("arch", MOE_ARCHITECTURES)
+def test_an_moe_model_runs_in_llama_cpp(tmp_path, arch):
+    model = tiny_model(**SHARP, **MOE_ARCHITECTURES[arch])  # tied: olmoe and qwen2moe get a copied output matrix
+    summary = export_gguf(model, tmp_path / "m.gguf", "f16")
+    assert summary["architecture"] == arch
+    assert_runs_like_slmtrain(tmp_path / "m.gguf", model, [5, 80, 200, 7, 9, 100, 31, 64, 150, 2, 222, 18])

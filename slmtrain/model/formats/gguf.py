@@ -1,12 +1,18 @@
 """GGUF, llama.cpp's file format (through the ``gguf`` package): export a model with its tokenizer, and import a
 GGUF file back into a Transformer and a tokenizer.
 
-Architectures: ``llama``, ``qwen2`` (q/k/v biases) and ``qwen3`` (QK-norm), chosen as for Hugging Face export, with
-tensor names and metadata as llama.cpp's own converter writes them. llama.cpp applies RoPE to adjacent pairs for
-``llama`` but rotate-half (NeoX) for the Qwen families, so only ``llama`` q/k rows are permuted. Fused q/k/v and
-gate/up matrices are split, Llama-3 RoPE scaling becomes a ``rope_freqs`` factor tensor. Matrices are stored in the
-chosen type (quantised by ``gguf.quants``); norms and biases stay f32, and a matrix whose rows are not a whole number
-of quantisation blocks is stored as f16, as llama.cpp's quantizer does.
+Architectures: ``llama``, ``qwen2`` (q/k/v biases) and ``qwen3`` (QK-norm); Mixture-of-Experts models as ``llama``
+with experts (Mixtral), ``olmoe`` and ``qwen2moe`` (gated shared expert). The choice is Hugging Face export's, tensor
+names and metadata are what llama.cpp's own converter writes. llama.cpp applies RoPE to adjacent pairs for ``llama``
+but rotate-half (NeoX) for the others, so only ``llama`` q/k rows are permuted. Fused q/k/v and gate/up matrices are
+split (the experts' into one 3D tensor each for gate, up and down), Llama-3 RoPE scaling becomes a ``rope_freqs``
+factor tensor. Matrices, 3D expert stacks included, are stored in the chosen type (quantised by ``gguf.quants`` along
+their rows); norms, biases and MoE routers stay f32, and a matrix whose rows are not a whole number of quantisation
+blocks is stored as f16, as llama.cpp's quantizer does.
+
+Import reads every architecture it writes. llama.cpp's MoE graphs fix the routing (softmax; the top-k weights
+renormalised for ``llama`` only), so a config they would compute differently (no renormalisation in Mixtral's
+layout, renormalisation in OLMoE's or Qwen2-MoE's, leading dense layers, GQA under OLMoE's key norm) is refused.
 
 Tokenizers: a SentencePiece model becomes llama.cpp's ``llama`` vocabulary; a Hugging Face byte-level BPE becomes
 ``gpt2`` with its merges and the llama.cpp pre-tokenizer whose splitting it uses. The document-start token is the one
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +33,18 @@ import numpy as np
 import torch
 
 from slmtrain.config import ConfigError, UserError, check_choice
-from slmtrain.model.config import ModelConfig, RopeScaling
+from slmtrain.model.config import ModelConfig, MoEConfig, RopeScaling
 from slmtrain.model.formats.hf import hf_architecture, model_from_state_dict
 from slmtrain.model.transformer import Transformer, rope_inverse_frequencies
 
-ARCHITECTURES = ("llama", "qwen2", "qwen3")  # llama.cpp's names, the same as transformers' model types
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "olmoe", "qwen2moe")  # llama.cpp's names
+MOE_ARCHITECTURES = {"mixtral": "llama", "olmoe": "olmoe", "qwen2_moe": "qwen2moe"}  # transformers' -> llama.cpp's
+OUTPUT_REQUIRED = ("olmoe", "qwen2moe")  # llama.cpp requires output.weight here: a tied model writes a copy
+T = gguf.MODEL_TENSOR
+DENSE_FFN = (T.FFN_GATE, T.FFN_UP, T.FFN_DOWN)
+ROUTED_EXPERTS = (T.FFN_GATE_EXP, T.FFN_UP_EXP, T.FFN_DOWN_EXP)  # (experts, rows, columns) each
+SHARED_EXPERT = (T.FFN_GATE_SHEXP, T.FFN_UP_SHEXP, T.FFN_DOWN_SHEXP)
+ROUTER = gguf.TENSOR_NAMES[T.FFN_GATE_INP].rsplit(".", 1)[-1]  # ffn_gate_inp: llama.cpp's converter keeps it f32
 Q = gguf.GGMLQuantizationType
 QUANTS = {  # every type gguf.quants writes and llama.cpp's CPU backend reads for these architectures
     "f32": (Q.F32, gguf.LlamaFileType.ALL_F32), "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16),
@@ -78,14 +92,32 @@ def _name(tensor: gguf.MODEL_TENSOR, block: int | None = None, suffix: str = "we
 # --------------------------------------------------------------------------------------------------------- export
 def gguf_architecture(config: ModelConfig) -> str:
     """The llama.cpp architecture that runs ``config`` exactly; ConfigError naming what none of them has."""
-    arch = hf_architecture(config)
+    model_type = hf_architecture(config)
+    arch = MOE_ARCHITECTURES.get(model_type, model_type)
     if config.ffn != "swiglu":
         raise ConfigError("model", f"llama.cpp's {arch} architecture needs ffn=swiglu, got {config.ffn}")
-    if arch == "qwen2" and config.n_head * config.head_dim_ != config.d_model:
-        raise ConfigError("model", "llama.cpp's qwen2 architecture needs n_head * head_dim == d_model")
+    if arch in ("qwen2", "qwen2moe") and config.n_head * config.head_dim_ != config.d_model:
+        raise ConfigError("model", f"llama.cpp's {arch} architecture needs n_head * head_dim == d_model")
     if arch != "llama" and config.rope_scaling.kind == "llama3":
         raise ConfigError("model", f"llama.cpp's {arch} architecture has no Llama-3 RoPE scaling")
+    if config.moe is not None:
+        _check_moe(config, arch)
     return arch
+
+
+def _check_moe(config: ModelConfig, arch: str) -> None:
+    """What llama.cpp's MoE graphs fix that transformers' classes leave open (hf_architecture refused the rest)."""
+    moe = config.moe
+    assert moe is not None
+    if arch != "llama" and moe.renormalize:
+        raise ConfigError("moe.renormalize", f"llama.cpp's {arch} architecture weights the experts by their router "
+                                             "probabilities as they are: needs moe.renormalize=false")
+    if moe.dense_layers:
+        raise ConfigError("moe.dense_layers", f"llama.cpp's {arch} architecture has experts in every layer (no "
+                                              "leading dense blocks): needs moe.dense_layers=0")
+    if arch == "olmoe" and config.kv_heads != config.n_head:
+        raise ConfigError("n_kv_head", "llama.cpp's olmoe architecture normalises the keys over d_model: needs "
+                                       "n_kv_head == n_head")
 
 
 def permute_for_gguf(weight: torch.Tensor, heads: int) -> torch.Tensor:
@@ -100,13 +132,39 @@ def unpermute_from_gguf(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return weight.reshape(heads, rows // heads // 2, 2, -1).swapaxes(1, 2).reshape(weight.shape)
 
 
+def _gated_ffns(config: ModelConfig, layer: int) -> list[tuple[str, str, tuple[gguf.MODEL_TENSOR, ...]]]:
+    """Each SwiGLU FFN of a layer: slmtrain's fused gate-then-up key, its down key, and the llama.cpp gate, up and
+    down tensors they become (the routed experts are stacked: one 3D tensor each)."""
+    p = f"blocks.{layer}.mlp."
+    if not config.is_moe_layer(layer):
+        return [(p + "up.weight", p + "down.weight", DENSE_FFN)]
+    assert config.moe is not None
+    ffns = [(p + "experts.up", p + "experts.down", ROUTED_EXPERTS)]
+    if config.moe.shared_experts:  # all of them run as one wider FFN, llama.cpp's single shared expert
+        ffns.append((p + "shared.up.weight", p + "shared.down.weight", SHARED_EXPERT))
+    return ffns
+
+
+def _moe_gates(config: ModelConfig, layer: int) -> list[tuple[str, gguf.MODEL_TENSOR]]:
+    """The router and the shared expert's gate of an MoE layer (slmtrain key, llama.cpp tensor)."""
+    if not config.is_moe_layer(layer):
+        return []
+    assert config.moe is not None
+    p = f"blocks.{layer}.mlp."
+    gates = [(p + "router.weight", T.FFN_GATE_INP)]
+    if config.moe.shared_gate:  # llama.cpp reads it as a vector, slmtrain holds a (1, d_model) Linear
+        gates.append((p + "shared_gate.weight", T.FFN_GATE_INP_SHEXP))
+    return gates
+
+
 def gguf_tensors(model: Transformer) -> dict[str, torch.Tensor]:
     """llama.cpp tensor name -> fp32 tensor in numpy (row-major) layout."""
-    c, T = model.config, gguf.MODEL_TENSOR
-    interleaved = gguf_architecture(c) == "llama"
+    c = model.config
+    arch = gguf_architecture(c)
+    interleaved = arch == "llama"
     sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     out = {_name(T.TOKEN_EMBD): sd["embed.weight"][: c.vocab_size], _name(T.OUTPUT_NORM): sd["norm.weight"]}
-    if not c.tie_embeddings:  # llama.cpp reuses token_embd when output is absent
+    if not c.tie_embeddings or arch in OUTPUT_REQUIRED:  # llama.cpp reuses token_embd when output is absent
         out[_name(T.OUTPUT)] = sd["lm_head.weight"][: c.vocab_size]
     q_size, kv_size = c.n_head * c.head_dim_, c.kv_heads * c.head_dim_
     for i in range(c.n_layer):
@@ -119,15 +177,16 @@ def gguf_tensors(model: Transformer) -> dict[str, torch.Tensor]:
         if c.qk_norm:
             out |= {_name(T.ATTN_Q_NORM, i): sd[p + "attn.q_norm.weight"],
                     _name(T.ATTN_K_NORM, i): sd[p + "attn.k_norm.weight"]}
-        gate, up = sd[p + "mlp.up.weight"].chunk(2)
         out |= {
             _name(T.ATTN_NORM, i): sd[p + "attn_norm.weight"],
             _name(T.ATTN_OUT, i): sd[p + "attn.out.weight"],
             _name(T.FFN_NORM, i): sd[p + "mlp_norm.weight"],
-            _name(T.FFN_GATE, i): gate,
-            _name(T.FFN_UP, i): up,
-            _name(T.FFN_DOWN, i): sd[p + "mlp.down.weight"],
         }
+        for up_key, down_key, (gate_kind, up_kind, down_kind) in _gated_ffns(c, i):
+            gate, up = sd[up_key].chunk(2, dim=-2)  # the rows of each matrix, per expert for a 3D stack
+            out |= {_name(gate_kind, i): gate, _name(up_kind, i): up, _name(down_kind, i): sd[down_key]}
+        for key, kind in _moe_gates(c, i):
+            out[_name(kind, i)] = sd[key].flatten() if kind == T.FFN_GATE_INP_SHEXP else sd[key]
     if c.rope_scaling.kind == "llama3":  # per-frequency divisors, what llama.cpp applies to its base frequencies
         base = rope_inverse_frequencies(c.head_dim_, c.rope_theta, type(c.rope_scaling)())
         scaled = rope_inverse_frequencies(c.head_dim_, c.rope_theta, c.rope_scaling)
@@ -150,7 +209,8 @@ def export_gguf(model: Transformer, path: str | Path, quant: str = "f16", tokeni
     writer.add_context_length(c.max_seq_len)
     writer.add_embedding_length(c.d_model)
     writer.add_block_count(c.n_layer)
-    writer.add_feed_forward_length(c.ffn_dim)
+    # llama and olmoe size their experts by feed_forward_length; qwen2moe has keys of its own for them
+    writer.add_feed_forward_length(c.expert_ffn_dim if c.moe is not None and arch != "qwen2moe" else c.ffn_dim)
     writer.add_head_count(c.n_head)
     writer.add_head_count_kv(c.kv_heads)
     writer.add_key_length(c.head_dim_)
@@ -162,13 +222,19 @@ def export_gguf(model: Transformer, path: str | Path, quant: str = "f16", tokeni
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(c.rope_scaling.factor)
     writer.add_vocab_size(c.vocab_size)
+    if c.moe is not None:
+        writer.add_expert_count(c.moe.experts)
+        writer.add_expert_used_count(c.moe.top_k)
+    if arch == "qwen2moe":
+        writer.add_expert_feed_forward_length(c.expert_ffn_dim)
+        writer.add_expert_shared_feed_forward_length(c.shared_ffn_dim)
     matrix_type, file_type = QUANTS[quant]
     writer.add_file_type(file_type)
     vocabulary = _add_vocabulary(writer, tokenizer, c.vocab_size)
     types: dict[str, str] = {}
     for tensor_name, tensor in gguf_tensors(model).items():
         data = tensor.numpy().astype(np.float32)
-        qtype = matrix_type if data.ndim == 2 else Q.F32
+        qtype = matrix_type if data.ndim > 1 and tensor_name.split(".")[-2] != ROUTER else Q.F32
         if data.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
             qtype = Q.F16
         writer.add_tensor(tensor_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
@@ -332,7 +398,6 @@ def gguf_model_config(reader: gguf.GGUFReader, shapes: dict[str, tuple[int, ...]
             raise UserError(f"{path}: metadata {arch}.{name} missing")
         return value
 
-    T = gguf.MODEL_TENSOR
     if _name(T.TOKEN_EMBD) not in shapes:
         raise UserError(f"{path}: no {_name(T.TOKEN_EMBD)} tensor")
     n_head, d_model = int(key("attention.head_count")), int(key("embedding_length"))
@@ -347,17 +412,29 @@ def gguf_model_config(reader: gguf.GGUFReader, shapes: dict[str, tuple[int, ...]
     scaling = RopeScaling()
     if scaling_type == "linear":
         scaling = RopeScaling(kind="linear", factor=float(key("rope.scaling.factor")))
+    ffn_hidden = int(key("feed_forward_length"))
     return ModelConfig(
         vocab_size=shapes[_name(T.TOKEN_EMBD)][0], n_layer=int(key("block_count")), d_model=d_model, n_head=n_head,
         n_kv_head=int(key("attention.head_count_kv", n_head)),
         head_dim=None if head_dim == d_model // n_head else head_dim,
-        ffn_hidden=int(key("feed_forward_length")), ffn="swiglu",
+        ffn_hidden=ffn_hidden, ffn="swiglu",
         norm_eps=_decimal(key("attention.layer_norm_rms_epsilon")), rope_theta=_decimal(key("rope.freq_base", 1e4)),
         rope_scaling=scaling, max_seq_len=int(key("context_length")),
         tie_embeddings=_name(T.OUTPUT) not in shapes,
         qkv_bias=_name(T.ATTN_Q, 0, "bias") in shapes,
-        qk_norm=_name(T.ATTN_Q_NORM, 0) in shapes,
+        qk_norm=_name(T.ATTN_Q_NORM, 0) in shapes, qk_norm_scope="projection" if arch == "olmoe" else "head",
+        moe=_moe_config(arch, key, ffn_hidden) if int(key("expert_count", 0)) else None,
     )
+
+
+def _moe_config(arch: str, key: Callable[..., Any], ffn_hidden: int) -> MoEConfig:
+    """The routing each llama.cpp MoE architecture hard-codes (softmax; top-k renormalised for llama only) with the
+    sizes in the metadata; qwen2moe's shared expert is one FFN of the shared width, gated."""
+    shared = arch == "qwen2moe"
+    return MoEConfig(experts=int(key("expert_count")), top_k=int(key("expert_used_count")),
+                     expert_ffn_hidden=int(key("expert_feed_forward_length", ffn_hidden)),
+                     shared_experts=int(shared), shared_gate=shared, renormalize=arch == "llama",
+                     shared_ffn_hidden=int(key("expert_shared_feed_forward_length")) if shared else None)
 
 
 def _decimal(value: float) -> float:
@@ -367,7 +444,6 @@ def _decimal(value: float) -> float:
 
 def _state_dict(config: ModelConfig, tensors: dict[str, np.ndarray], interleaved: bool) -> dict[str, torch.Tensor]:
     """slmtrain's state dict from llama.cpp tensors: the inverse of :func:`gguf_tensors`."""
-    T = gguf.MODEL_TENSOR
 
     def get(kind: gguf.MODEL_TENSOR, block: int | None = None, suffix: str = "weight") -> torch.Tensor:
         return torch.from_numpy(tensors[_name(kind, block, suffix)])
@@ -387,9 +463,11 @@ def _state_dict(config: ModelConfig, tensors: dict[str, np.ndarray], interleaved
             p + "attn_norm.weight": get(T.ATTN_NORM, i),
             p + "attn.out.weight": get(T.ATTN_OUT, i),
             p + "mlp_norm.weight": get(T.FFN_NORM, i),
-            p + "mlp.up.weight": torch.cat([get(T.FFN_GATE, i), get(T.FFN_UP, i)]),
-            p + "mlp.down.weight": get(T.FFN_DOWN, i),
         }
+        for up_key, down_key, (gate_kind, up_kind, down_kind) in _gated_ffns(config, i):
+            sd[up_key], sd[down_key] = torch.cat([get(gate_kind, i), get(up_kind, i)], dim=-2), get(down_kind, i)
+        for key, kind in _moe_gates(config, i):
+            sd[key] = get(kind, i)[None] if kind == T.FFN_GATE_INP_SHEXP else get(kind, i)
     return sd
 
 
