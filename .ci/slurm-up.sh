@@ -44,9 +44,12 @@ memory_mb=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 cat > "$SLURM_CONF" <<EOF
 # Written by slmtrain's .ci/slurm-up.sh: one node, localhost only, no cgroups, no accounting.
 ClusterName=slmtrain
-SlurmctldHost=localhost
+SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort=6817
 SlurmdPort=6818
+# slurmctld, slurmd and srun's I/O ports bind the address their host name resolves to (127.0.0.1), not every
+# interface: nothing of this cluster is reachable from another machine
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 SlurmUser=root
 AuthType=auth/munge
 # a requeued job waits cred_expire seconds before it starts again (default 120)

@@ -11,6 +11,11 @@ from pathlib import Path
 import pydoc_data.topics
 import pytest
 
+# The suite runs in two processes (pytest -n 2) on two cores: one math thread each, set before torch is imported
+# (two processes whose thread pools each want both cores slow each other down ~30x). Subprocesses inherit it.
+for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(variable, "1")
+
 from tests.paths import REPO_ROOT
 from slmtrain.data.shards import prepare_shards
 from slmtrain.train.config import TrainConfig, load_recipe

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from slmtrain.config import ConfigError, build, cli_main, parse_overrides
+from slmtrain.config import ConfigError, announce, build, cli_main, parse_overrides
 from slmtrain.model import presets
 from slmtrain.train.config import TrainConfig, expand_grid, load_recipe
 
@@ -52,7 +52,7 @@ def run(argv: list[str]) -> int:
             print(json.dumps(plan(config).to_dict()))
             continue
         if speaks:
-            print(f"config: {json.dumps(dataclasses.asdict(config))}", flush=True)
+            announce(config)
         if args.dry_run == "true":
             print(plan(config).format())
             continue

@@ -22,6 +22,10 @@ from slmtrain.data.demo import write_demo_documents
 from slmtrain.data.pipeline import run_pipeline
 from slmtrain.slurm import queued_jobs
 
+# one worker runs every test of the Ray and Slurm clusters, one after the other (pytest -n 2 --dist loadgroup):
+# the single-node Slurm cluster has two CPUs, and a second run of jobs beside them would wait behind them
+pytestmark = pytest.mark.xdist_group("clusters")
+
 PAGES = 300  # demo pages: FineWeb's filters keep ~40 of them, the demo pipeline ~150
 # Quicker runs: pages over 20k characters are rejected (Gopher's repetition filter is slow on them) and the MinHash
 # runs 2 bucket tasks instead of 14 (fewer jobs to start).

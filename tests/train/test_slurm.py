@@ -15,6 +15,10 @@ from slmtrain.slurm import queued_jobs, wait_for_jobs
 from tests.train.test_train import train_losses
 from tests.output import diagnostics
 
+# one worker runs every test of the Ray and Slurm clusters, one after the other (pytest -n 2 --dist loadgroup):
+# the single-node Slurm cluster has two CPUs, and a second run of jobs beside them would wait behind them
+pytestmark = pytest.mark.xdist_group("clusters")
+
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 32  # the tiny model takes a fraction of a second per step on 2 processes: time to requeue it mid-way
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -69,6 +73,13 @@ def test_print_sbatch_shows_the_job_script(shards, tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), "launcher=slurm", "slurm.nodes=0"],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert bad.returncode == 2 and diagnostics(bad.stderr).strip() == "error: slurm.nodes: must be >= 1, got 0"
+
+
+def test_the_daemons_listen_on_loopback_only(slurm_cluster):
+    ports = {f"{port:04X}" for port in (6817, 6818)}  # slurmctld's and slurmd's, as /proc/net/tcp writes them
+    listening = [row.split()[1] for row in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                 if row.split()[3] == "0A" and row.split()[1].split(":")[1] in ports]  # 0A: LISTEN
+    assert len(listening) == 2 and all(address.startswith("0100007F:") for address in listening), listening
 
 
 def test_srun_ddp_losses_equal_torchrun(shards, tmp_path, torchrun_losses, slurm_cluster):
