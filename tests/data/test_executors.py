@@ -23,9 +23,10 @@ from slmtrain.data.pipeline import run_pipeline
 from slmtrain.slurm import queued_jobs
 from tests.paths import REPO_ROOT
 
-# one worker runs every test of the Ray and Slurm clusters, one after the other (pytest -n 2 --dist loadgroup):
-# the single-node Slurm cluster has two CPUs, and a second run of jobs beside them would wait behind them
-pytestmark = pytest.mark.xdist_group("clusters")
+# With pytest -n 2 --dist loadgroup, the tests of each cluster run one after the other on one worker: the Ray
+# tests each start or join a two-CPU cluster, and the single-node Slurm cluster has two CPUs, so a second run of
+# jobs beside another would wait behind it.
+RAY_TESTS, SLURM_TESTS = pytest.mark.xdist_group("ray"), pytest.mark.xdist_group("slurm")
 
 PAGES = 300  # demo pages: FineWeb's filters keep ~40 of them, the demo pipeline ~150
 # Quicker runs: pages over 20k characters are rejected (Gopher's repetition filter is slow on them) and the MinHash
@@ -76,6 +77,7 @@ def no_usage_stats(monkeypatch) -> None:
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
 
 
+@RAY_TESTS
 @pytest.mark.parametrize("pipeline", ["fineweb", "demo"])  # demo trains its fastText model between stages
 def test_ray_local_cluster_matches_local_executor(pipeline, pages, local, tmp_path, no_usage_stats):
     import ray
@@ -108,6 +110,7 @@ def rank_worker_pids() -> list[int]:
     return [pid for pid in busy if titles[pid][1] not in busy]
 
 
+@RAY_TESTS
 def test_ray_joined_cluster_survives_a_killed_worker(pages, local, tmp_path, no_usage_stats):
     """A running cluster is joined with cluster.address=; a worker SIGKILLed mid-task is retried, and the output
     is the local executor's, with no document lost or written twice."""
@@ -162,6 +165,7 @@ def dependencies(names: list[str]) -> dict[str, str]:
     return dict(line.split("|") for line in out.splitlines())
 
 
+@SLURM_TESTS
 def test_slurm_jobs_cancelled_resume_when_run_again_and_match_the_local_executor(pages, local, tmp_path, slurm_jobs):
     """A chain of job arrays, cancelled mid-way (scancel) and run again with wait=true: the jobs that had not
     finished run, and the output is the local executor's."""

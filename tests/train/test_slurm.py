@@ -15,9 +15,9 @@ from slmtrain.slurm import queued_jobs, wait_for_jobs
 from tests.train.test_train import train_losses
 from tests.output import diagnostics
 
-# one worker runs every test of the Ray and Slurm clusters, one after the other (pytest -n 2 --dist loadgroup):
-# the single-node Slurm cluster has two CPUs, and a second run of jobs beside them would wait behind them
-pytestmark = pytest.mark.xdist_group("clusters")
+# one worker runs every test of the Slurm cluster, one after the other (pytest -n 2 --dist loadgroup): it has two
+# CPUs, and a second run of jobs beside another would wait behind it
+pytestmark = pytest.mark.xdist_group("slurm")
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 32  # the tiny model takes a fraction of a second per step on 2 processes: time to requeue it mid-way
