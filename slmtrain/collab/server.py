@@ -258,7 +258,7 @@ class Engine:
 
     def _take(self, active: Active, logits: torch.Tensor) -> None:
         """Choose the job's next token and release its text; a job that is done leaves the batch."""
-        job = active.job
+        job, row = active.job, self.active.index(active)
         if not job.keep_going() or self.closing.is_set():
             events = active.release.end("timeout")
         else:
@@ -266,13 +266,13 @@ class Engine:
             active.generated += 1
             active.last_token = step.token
             events = active.release.push(step)
-            full = int(self.cache.row_lengths[self.active.index(active)]) >= self.model.config.max_seq_len
+            full = int(self.cache.row_lengths[row]) >= self.model.config.max_seq_len
             if not active.release.finished and (active.generated >= job.max_tokens or full):
                 events += active.release.end("length")
         for event in events:
             job.emit(event)
         if active.release.finished:
-            self._leave(self.active.index(active))
+            self._leave(row)
 
     def _leave(self, row: int) -> None:
         """Free ``row``: the last active row moves into it, so the active rows stay 0..n-1."""
