@@ -536,26 +536,64 @@ def _run_on_ray(stages: list[Stage], output: Path, workers: int, options: dict[s
     ``cluster.num_cpus``) and stopped at the end, or the running cluster at ``cluster.address``. The other
     ``cluster.*`` keys go to datatrove's RayPipelineExecutor (``cpus_per_task``, ``mem_per_cpu_gb``, ...). A task
     whose worker dies is resubmitted (up to 3 times); one that still fails stops the run, and the next run resumes
-    it."""
-    import ray
-    from datatrove.executor import RayPipelineExecutor
+    it. A cluster on this machine (started here, or joined at a loopback address) listens on 127.0.0.1 only."""
+    with _ray_on_loopback(_is_loopback(options.get("address"))):
+        import ray
+        from datatrove.executor import RayPipelineExecutor
 
-    split = _split_options(options, {"ray.init": ray.init, "RayPipelineExecutor": RayPipelineExecutor})
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline machines: no usage reports
-    runtime_env = {"worker_process_setup_hook": "slmtrain.data.pipeline.ray_worker_setup",
-                   **split["ray.init"].pop("runtime_env", {})}
-    # "local": a new cluster, even where one was started with `ray start`
-    ray.init(**{"address": "local", "runtime_env": runtime_env, **split["ray.init"]})
+        split = _split_options(options, {"ray.init": ray.init, "RayPipelineExecutor": RayPipelineExecutor})
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline machines: no usage reports
+        runtime_env = {"worker_process_setup_hook": "slmtrain.data.pipeline.ray_worker_setup",
+                       **split["ray.init"].pop("runtime_env", {})}
+        # "local": a new cluster, even where one was started with `ray start`
+        ray.init(**{"address": "local", "runtime_env": runtime_env, **split["ray.init"]})
+        try:
+            for stage in stages:
+                for prepare in stage.before:
+                    prepare()
+                RayPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=min(workers, stage.tasks),
+                                    logging_dir=str(output / "logs" / stage.name),
+                                    **split["RayPipelineExecutor"]).run()
+                _check_stage_complete(stage, output)
+        finally:
+            ray.shutdown()
+
+
+# Ray binds its servers to every interface unless the node's address is 127.0.0.1, and on Linux it replaces a given
+# 127.0.0.1 by the machine's external address. Its single-machine mode (the default on macOS and Windows) keeps
+# 127.0.0.1: this variable set to 0 selects it, read by `import ray` and by every process the cluster starts.
+RAY_MULTI_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _is_loopback(address: str | None) -> bool:
+    """Whether a cluster address (``host:port``; None: a cluster started here) is on this machine's loopback."""
+    if address is None or address == "local":
+        return True
+    host = str(address).removeprefix("ray://").rpartition(":")[0] or str(address)
+    return host in ("localhost", "127.0.0.1", "[::1]")
+
+
+@contextlib.contextmanager
+def _ray_on_loopback(loopback: bool) -> Iterator[None]:
+    """Within: Ray in its single-machine mode when ``loopback`` (its processes listen on 127.0.0.1 only), as it was
+    before on exit. A cluster address on another host leaves Ray as it is: its nodes must reach this driver."""
+    if not loopback:
+        yield
+        return
+    before = os.environ.get(RAY_MULTI_NODE_ENV)
+    os.environ[RAY_MULTI_NODE_ENV] = "0"
+    from ray._private import ray_constants  # read at its import: set it too where ray was imported before
+
+    multi_node = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        for stage in stages:
-            for prepare in stage.before:
-                prepare()
-            RayPipelineExecutor(stage.pipeline, tasks=stage.tasks, workers=min(workers, stage.tasks),
-                                logging_dir=str(output / "logs" / stage.name),
-                                **split["RayPipelineExecutor"]).run()
-            _check_stage_complete(stage, output)
+        yield
     finally:
-        ray.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = multi_node
+        if before is None:
+            os.environ.pop(RAY_MULTI_NODE_ENV, None)
+        else:
+            os.environ[RAY_MULTI_NODE_ENV] = before
 
 
 def ray_worker_setup() -> None:

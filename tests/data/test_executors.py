@@ -3,6 +3,7 @@ kept, removed and rejected documents as the local executor, including after a ki
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -15,11 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
+import psutil
 import pytest
 
 from slmtrain.config import ConfigError
 from slmtrain.data.demo import write_demo_documents
-from slmtrain.data.pipeline import run_pipeline
+from slmtrain.data.pipeline import RAY_MULTI_NODE_ENV, _is_loopback, run_pipeline
 from slmtrain.slurm import queued_jobs
 from tests.paths import REPO_ROOT
 
@@ -77,16 +79,57 @@ def no_usage_stats(monkeypatch) -> None:
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
 
 
+class Listeners:
+    """The TCP sockets that the processes under the given roots listen on, sampled every 0.1 s while in the block:
+    {(process name, address)}."""
+
+    def __init__(self, *roots: int):
+        self.roots, self.seen, self._stop = roots, set(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            for root in self.roots:
+                try:
+                    processes = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
+                except psutil.NoSuchProcess:
+                    continue
+                for proc in processes:
+                    with contextlib.suppress(psutil.Error):
+                        self.seen |= {(proc.name(), c.laddr.ip) for c in proc.net_connections(kind="inet")
+                                      if c.status == psutil.CONN_LISTEN}
+
+    def __enter__(self) -> Listeners:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def assert_loopback_only(self) -> None:
+        names = {name for name, _ in self.seen}
+        assert {"gcs_server", "raylet"} <= names, self.seen  # the cluster's servers were seen
+        assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for _, ip in self.seen), self.seen
+
+
 @RAY_TESTS
 @pytest.mark.parametrize("pipeline", ["fineweb", "demo"])  # demo trains its fastText model between stages
 def test_ray_local_cluster_matches_local_executor(pipeline, pages, local, tmp_path, no_usage_stats):
-    import ray
+    import ray  # imported before the run: it still keeps the cluster on the loopback
 
-    stats = run_pipeline(pipeline, pages, tmp_path / "ray", {**QUICK, "cluster": RAY}, executor="ray", workers=2)
+    with Listeners(os.getpid()) as listeners:
+        stats = run_pipeline(pipeline, pages, tmp_path / "ray", {**QUICK, "cluster": RAY}, executor="ray", workers=2)
     assert stats.executor == "ray" and not ray.is_initialized()  # the cluster it started is gone
+    listeners.assert_loopback_only()
     assert outcome(tmp_path / "ray") == local(pipeline)
     assert sorted(p.name for p in (tmp_path / "ray" / "logs" / "filter_1" / "stats").iterdir()) == [
         "00000.json", "00001.json", "00002.json"]
+
+
+def test_only_a_cluster_on_this_machine_is_kept_on_the_loopback():
+    assert all(map(_is_loopback, [None, "local", "127.0.0.1:6379", "localhost:6379", "ray://127.0.0.1:10001"]))
+    assert not any(map(_is_loopback, ["10.0.0.5:6379", "head.cluster:6379", "ray://head.cluster:10001"]))
 
 
 HOLD_CLUSTER = """
@@ -114,8 +157,10 @@ def rank_worker_pids() -> list[int]:
 def test_ray_joined_cluster_survives_a_killed_worker(pages, local, tmp_path, no_usage_stats):
     """A running cluster is joined with cluster.address=; a worker SIGKILLed mid-task is retried, and the output
     is the local executor's, with no document lost or written twice."""
+    # a cluster on this machine only, as README says to start one (Ray's single-machine mode)
     holder = subprocess.Popen([sys.executable, "-c", HOLD_CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+                              stderr=subprocess.DEVNULL, text=True,
+                              env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", RAY_MULTI_NODE_ENV: "0"})
     try:
         address = holder.stdout.readline().strip()
         assert address, "the Ray cluster did not start"
@@ -133,12 +178,15 @@ def test_ray_joined_cluster_survives_a_killed_worker(pages, local, tmp_path, no_
         killer.start()
         # the command line, in a process of its own: a driver that has not started a cluster before (ray.init of a
         # new cluster leaves this process' token-authentication settings changed)
-        done = subprocess.run([sys.executable, str(REPO_ROOT / "launch" / "curate.py"), "filter=fineweb",
-                               f"input={pages}", f"output={tmp_path / 'ray'}", "executor=ray", "workers=2",
-                               f"cluster.address={address}", f"max_doc_chars={QUICK['max_doc_chars']}",
-                               "steps.minhash.num_buckets=2"], capture_output=True, text=True, timeout=300)
+        with Listeners(holder.pid, os.getpid()) as listeners:
+            done = subprocess.run([sys.executable, str(REPO_ROOT / "launch" / "curate.py"), "filter=fineweb",
+                                   f"input={pages}", f"output={tmp_path / 'ray'}", "executor=ray", "workers=2",
+                                   f"cluster.address={address}", f"max_doc_chars={QUICK['max_doc_chars']}",
+                                   "steps.minhash.num_buckets=2"], capture_output=True, text=True, timeout=300)
         killer.join(timeout=1)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert address.startswith("127.0.0.1:")
+        listeners.assert_loopback_only()  # the cluster's servers and the run's driver
         assert killed, "no Ray worker was seen running a task"
         assert outcome(tmp_path / "ray") == local("fineweb")
     finally:
