@@ -12,8 +12,9 @@ import torch
 from slmtrain.artifacts import load_model
 from slmtrain.config import ConfigError, UserError
 from slmtrain.model.config import RopeScaling
-from slmtrain.model.formats.gguf import export_gguf, gguf_tensors, permute_for_gguf, read_gguf, unpermute_from_gguf
-from slmtrain.model.transformer import apply_rope, rope_cos_sin
+from slmtrain.model.formats.gguf import (export_gguf, gguf_tensors, llama3_scaling, permute_for_gguf, read_gguf,
+                                        unpermute_from_gguf)
+from slmtrain.model.transformer import apply_rope, rope_cos_sin, rope_inverse_frequencies
 from tests.eval.eval_helpers import save_byte_level_hf_tokenizer, tiny_model
 from tests.model.gguf_helpers import (CHAT_TEMPLATE, MOE_ARCHITECTURES, TRICKY_TEXT, byte_level_bpe_model_dir,
                                      sentencepiece_tokenizer)
@@ -73,6 +74,23 @@ def test_tied_model_has_no_output_tensor_and_llama3_rope_gets_factors(tmp_path):
     shape, kind, factors = back["rope_freqs.weight"]
     assert shape == (model.config.head_dim_ // 2,) and kind == "F32"
     assert factors[0] == pytest.approx(1.0) and factors[-1] == pytest.approx(8.0)
+    export_gguf(model, tmp_path / "f32.gguf", "f32")  # and back: the scaling recovered from the factors
+    loaded = load_model(tmp_path / "f32.gguf").model
+    assert loaded.config.rope_scaling == scaling
+    ids = torch.arange(40)[None] % 250
+    assert torch.allclose(loaded(ids), model(ids), atol=1e-5)
+
+
+@pytest.mark.parametrize("factor,original,theta,head_dim", [(8.0, 8192, 500_000.0, 128),  # Llama 3.1 8B
+                                                            (32.0, 8192, 500_000.0, 64)])  # Llama 3.2 1B
+def test_llama3_rope_scaling_is_recovered_from_the_published_factors(factor, original, theta, head_dim):
+    scaling = RopeScaling(kind="llama3", factor=factor, original_max_seq_len=original)
+    base = rope_inverse_frequencies(head_dim, theta, RopeScaling())
+    factors = (base / rope_inverse_frequencies(head_dim, theta, scaling)).numpy()  # float32, as files store them
+    assert llama3_scaling(factors, head_dim, theta, "m.gguf") == scaling
+    factors[-1] *= 0.9  # a long wavelength not divided by the factor: no Llama-3 scaling
+    with pytest.raises(UserError, match="m.gguf: rope_freqs is not a Llama-3 RoPE scaling"):
+        llama3_scaling(factors, head_dim, theta, "m.gguf")
 
 
 @pytest.mark.parametrize("arch", MOE_ARCHITECTURES)

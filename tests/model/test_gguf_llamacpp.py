@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from slmtrain.artifacts import load_model
+from slmtrain.model.config import RopeScaling
 from slmtrain.eval.llamacpp import greedy, open_gguf, prompt_logits
 from slmtrain.model.formats.gguf import export_gguf
 from tests.eval.eval_helpers import tiny_model
@@ -74,9 +75,31 @@ def test_a_model_without_tokenizer_runs_on_token_ids(tmp_path):
     assert_runs_like_slmtrain(tmp_path / "m.gguf", model, [5, 80, 200, 7, 9, 100])
 
 
+def test_llama3_rope_scaling_runs_in_llama_cpp_and_imports_back(tmp_path):
+    """llama.cpp applies the exported rope_freqs as slmtrain scales its frequencies, and the import recovers the
+    scaling from them."""
+    scaling = RopeScaling(kind="llama3", factor=8.0, original_max_seq_len=64)
+    model = tiny_model(**SHARP, rope_scaling=scaling)
+    export_gguf(model, tmp_path / "m.gguf", "f16")
+    prompt = [(37 * k) % 250 for k in range(40)]
+    unscaled = tiny_model(**SHARP)(torch.tensor([prompt]))[0].detach()
+    assert (unscaled - model(torch.tensor([prompt]))[0].detach()).abs().max() > 0.1 * unscaled.abs().max()
+    assert_runs_like_slmtrain(tmp_path / "m.gguf", model, prompt)
+    assert load_model(tmp_path / "m.gguf").model.config.rope_scaling == scaling
+
+
+@pytest.mark.parametrize("quant", ["q8_0", "q4_0"])
 @pytest.mark.parametrize("arch", MOE_ARCHITECTURES)
-def test_an_moe_model_runs_in_llama_cpp(tmp_path, arch):
-    model = tiny_model(**SHARP, **MOE_ARCHITECTURES[arch])  # tied: olmoe and qwen2moe get a copied output matrix
-    summary = export_gguf(model, tmp_path / "m.gguf", "f16")
+def test_a_quantised_moe_model_runs_in_llama_cpp_like_its_dequantised_weights(tmp_path, arch, quant):
+    """llama.cpp also rounds the activations to 8 bits against quantised weights, and a near-tie between experts
+    can route a token differently, so the logits agree within a few percent (a wrong tensor layout: ~100%)."""
+    model = tiny_model(**SHARP, **MOE_ARCHITECTURES[arch])
+    summary = export_gguf(model, tmp_path / "m.gguf", quant)
     assert summary["architecture"] == arch
-    assert_runs_like_slmtrain(tmp_path / "m.gguf", model, [5, 80, 200, 7, 9, 100, 31, 64, 150, 2, 222, 18])
+    prompt = [5, 80, 200, 7, 9, 100, 31, 64, 150, 2, 222, 18]
+    dequantised = load_model(tmp_path / "m.gguf").model(torch.tensor([prompt]))[0].detach().numpy()
+    llm = open_gguf(tmp_path / "m.gguf", threads=1, context=model.config.max_seq_len, all_logits=True)
+    logits = prompt_logits(llm, prompt)
+    llm.close()
+    assert np.sqrt(((logits - dequantised) ** 2).mean() / (dequantised ** 2).mean()) < 0.1
+    assert (logits.argmax(axis=1) == dequantised.argmax(axis=1)).sum() >= len(prompt) - 2

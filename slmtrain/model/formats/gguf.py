@@ -386,8 +386,10 @@ def _field(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
     return default if field is None else field.contents()
 
 
-def gguf_model_config(reader: gguf.GGUFReader, shapes: dict[str, tuple[int, ...]], path: Path) -> ModelConfig:
-    """The ModelConfig a GGUF file's metadata describes; UserError naming what slmtrain does not model."""
+def gguf_model_config(reader: gguf.GGUFReader, shapes: dict[str, tuple[int, ...]], path: Path,
+                      rope_freqs: np.ndarray | None = None) -> ModelConfig:
+    """The ModelConfig a GGUF file's metadata (and its ``rope_freqs`` tensor, if any) describes; UserError naming
+    what slmtrain does not model."""
     arch = _field(reader, "general.architecture")
     if arch not in ARCHITECTURES:
         raise UserError(f"{path}: unsupported architecture {arch!r}; supported: {', '.join(ARCHITECTURES)}")
@@ -404,27 +406,63 @@ def gguf_model_config(reader: gguf.GGUFReader, shapes: dict[str, tuple[int, ...]
     head_dim = int(key("attention.key_length", d_model // n_head))  # stored even when it is d_model // n_head
     if int(key("rope.dimension_count", head_dim)) != head_dim:
         raise UserError(f"{path}: partial rotary embeddings (rope.dimension_count < head_dim) are not supported")
-    if _name(T.ROPE_FREQS) in shapes:
-        raise UserError(f"{path}: per-frequency RoPE factors (rope_freqs, Llama 3.1+) are not imported yet")
     scaling_type = _field(reader, f"{arch}.rope.scaling.type", "none")
     if scaling_type not in ("none", "linear"):
         raise UserError(f"{path}: unsupported RoPE scaling {scaling_type!r}; supported: none, linear")
+    rope_theta = _decimal(key("rope.freq_base", 1e4))
     scaling = RopeScaling()
     if scaling_type == "linear":
         scaling = RopeScaling(kind="linear", factor=float(key("rope.scaling.factor")))
+    elif rope_freqs is not None:
+        if rope_freqs.shape != (head_dim // 2,):
+            raise UserError(f"{path}: rope_freqs has shape {rope_freqs.shape}, expected ({head_dim // 2},)")
+        scaling = llama3_scaling(rope_freqs, head_dim, rope_theta, path)
     ffn_hidden = int(key("feed_forward_length"))
     return ModelConfig(
         vocab_size=shapes[_name(T.TOKEN_EMBD)][0], n_layer=int(key("block_count")), d_model=d_model, n_head=n_head,
         n_kv_head=int(key("attention.head_count_kv", n_head)),
         head_dim=None if head_dim == d_model // n_head else head_dim,
         ffn_hidden=ffn_hidden, ffn="swiglu",
-        norm_eps=_decimal(key("attention.layer_norm_rms_epsilon")), rope_theta=_decimal(key("rope.freq_base", 1e4)),
+        norm_eps=_decimal(key("attention.layer_norm_rms_epsilon")), rope_theta=rope_theta,
         rope_scaling=scaling, max_seq_len=int(key("context_length")),
         tie_embeddings=_name(T.OUTPUT) not in shapes,
         qkv_bias=_name(T.ATTN_Q, 0, "bias") in shapes,
         qk_norm=_name(T.ATTN_Q_NORM, 0) in shapes, qk_norm_scope="projection" if arch == "olmoe" else "head",
         moe=_moe_config(arch, key, ffn_hidden) if int(key("expert_count", 0)) else None,
     )
+
+
+def llama3_scaling(factors: np.ndarray, head_dim: int, theta: float, path: Path) -> RopeScaling:
+    """Llama-3 RoPE scaling from llama.cpp's per-frequency divisors (``rope_freqs``: base / scaled frequency). They
+    are 1 for short wavelengths, ``factor`` for long ones and 1 / ((1 - s) / factor + s) between, where
+    s = (L / wavelength - low) / (high - low) is linear in the frequency. That line fixes L, low and high up to one
+    common scale, so low_freq_factor is taken as 1 (every Llama 3.x release's) and the other two follow from it;
+    the divisors the result gives must be the file's, or the file is refused."""
+    factors = factors.astype(np.float64)
+    factor = float(factors.max())
+    if np.allclose(factors, 1.0, rtol=0, atol=1e-7):
+        return RopeScaling()
+    base = rope_inverse_frequencies(head_dim, theta, RopeScaling()).double().numpy()
+    between = (factors > 1 + 1e-6) & (factors < factor * (1 - 1e-6))
+    if between.sum() < 2:
+        raise UserError(f"{path}: rope_freqs has {int(between.sum())} interpolated frequencies; Llama-3 scaling "
+                        "needs 2 to be recovered")
+    smooth = (1 / factors[between] - 1 / factor) / (1 - 1 / factor)
+    slope, intercept = np.polyfit(base[between], smooth, 1)  # slope = L / (2 pi (high - 1)), intercept = -1 / (high - 1)
+    high = 1 - 1 / intercept
+    scaling = RopeScaling(kind="llama3", factor=_significant(factor), low_freq_factor=1.0,
+                          high_freq_factor=_significant(high),
+                          original_max_seq_len=round(slope * 2 * np.pi * (high - 1)))
+    recovered = base / rope_inverse_frequencies(head_dim, theta, scaling).double().numpy()
+    if not np.allclose(recovered, factors, rtol=1e-5, atol=0):
+        raise UserError(f"{path}: rope_freqs is not a Llama-3 RoPE scaling (closest: factor {scaling.factor}, "
+                        f"high_freq_factor {scaling.high_freq_factor}, original length {scaling.original_max_seq_len})")
+    return scaling
+
+
+def _significant(value: float) -> float:
+    """A value recovered from float32 arithmetic as the decimal it most likely was (4.0, not 3.9999998)."""
+    return float(f"{value:.6g}")
 
 
 def _moe_config(arch: str, key: Callable[..., Any], ffn_hidden: int) -> MoEConfig:
@@ -477,8 +515,9 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Tra
     path = Path(path)
     reader = _open(path)
     tensors = _dequantised_tensors(reader, path)
-    config = gguf_model_config(reader, {name: shape for name, (shape, _, _) in tensors.items()}, path)
     values = {name: array for name, (_, _, array) in tensors.items()}
+    config = gguf_model_config(reader, {name: shape for name, (shape, _, _) in tensors.items()}, path,
+                               values.get(_name(T.ROPE_FREQS)))
     try:
         state = _state_dict(config, values, interleaved=_field(reader, "general.architecture") == "llama")
     except KeyError as e:
