@@ -141,6 +141,13 @@ def train(config: TrainConfig, resume: bool | str | Path = False, callbacks: lis
         raise ConfigError("strategy", "fsdp needs GPUs (Lightning's FSDP does not run on CPU); valid choices on CPU: auto, ddp")
     require_shards(config.data)
     model_config = config.model_config
+    if config.export_hf:  # refused now rather than after the training
+        from slmtrain.model.formats.hf import hf_architecture
+
+        try:
+            hf_architecture(model_config)
+        except ConfigError as e:
+            raise ConfigError("export_hf", f"{e.message}; train with export_hf=false or change the model") from None
     world = world_size(config.trainer)
     accumulate = gradient_accumulation(config, world)
     datamodule = ShardsDataModule(config.data, config.batch.micro_batch, accumulate, config.seed)

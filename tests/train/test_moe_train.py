@@ -85,3 +85,12 @@ def test_moe_ddp_ranks_keep_identical_router_biases(shards, tmp_path):
     rank0, rank1 = (torch.load(run_dir / f"bias_rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0.abs().sum() > 0 and torch.equal(rank0, rank1)
     assert torch.equal(router_biases(run_dir), rank0)
+
+
+def test_a_model_with_no_hf_equivalent_is_refused_before_training_when_it_would_be_exported(shards, tmp_path):
+    from slmtrain.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"export_hf: no Hugging Face architecture for moe.loss_free_bias .*; "
+                                          r"train with export_hf=false"):
+        train(moe_recipe(shards, tmp_path / "run", export_hf=True))
+    assert not (tmp_path / "run" / "checkpoints").exists()
