@@ -72,10 +72,12 @@ PRESETS: dict[str, ModelConfig] = {
                            max_seq_len=256),
     "demo-5m": ModelConfig(vocab_size=4096, n_layer=6, d_model=256, n_head=8, n_kv_head=4, ffn_hidden=688,
                            max_seq_len=256),
-    # demo-2m's shape with 8 experts of its FFN width, 2 per token: the same active parameters, ~4x the FFN weights.
+    # demo-2m's shape with its FFN split DeepSeekMoE-style: one always-on shared expert of half its width plus 8
+    # routed experts of a quarter, 2 per token: the same active parameters, ~2.5x the FFN weights.
     "demo-moe": ModelConfig(vocab_size=4096, n_layer=4, d_model=192, n_head=6, n_kv_head=2, ffn_hidden=256,
-                            max_seq_len=256, moe=MoEConfig(experts=8, top_k=2, aux_loss_coef=0.01,
-                                                           z_loss_coef=0.001)),
+                            max_seq_len=256, moe=MoEConfig(experts=8, top_k=2, expert_ffn_hidden=128,
+                                                           shared_experts=1, shared_ffn_hidden=256,
+                                                           aux_loss_coef=0.01, z_loss_coef=0.001)),
 }
 
 
