@@ -10,7 +10,8 @@ factor tensor. Matrices, 3D expert stacks included, are stored in the chosen typ
 their rows); norms, biases and MoE routers stay f32, and a matrix whose rows are not a whole number of quantisation
 blocks is stored as f16, as llama.cpp's quantizer does.
 
-Import reads every architecture it writes. llama.cpp's MoE graphs fix the routing (softmax; the top-k weights
+Import reads every architecture it writes, and a ``rope_freqs`` tensor back as the Llama-3 scaling it encodes
+(files of Llama 3.1 and later). llama.cpp's MoE graphs fix the routing (softmax; the top-k weights
 renormalised for ``llama`` only), so a config they would compute differently (no renormalisation in Mixtral's
 layout, renormalisation in OLMoE's or Qwen2-MoE's, leading dense layers, GQA under OLMoE's key norm) is refused.
 
@@ -432,7 +433,7 @@ def gguf_model_config(reader: gguf.GGUFReader, shapes: dict[str, tuple[int, ...]
     )
 
 
-def llama3_scaling(factors: np.ndarray, head_dim: int, theta: float, path: Path) -> RopeScaling:
+def llama3_scaling(factors: np.ndarray, head_dim: int, theta: float, path: Path | str) -> RopeScaling:
     """Llama-3 RoPE scaling from llama.cpp's per-frequency divisors (``rope_freqs``: base / scaled frequency). They
     are 1 for short wavelengths, ``factor`` for long ones and 1 / ((1 - s) / factor + s) between, where
     s = (L / wavelength - low) / (high - low) is linear in the frequency. That line fixes L, low and high up to one
