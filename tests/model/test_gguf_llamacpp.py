@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from slmtrain.artifacts import load_model
-from slmtrain.model.config import RopeScaling
 from slmtrain.eval.llamacpp import greedy, open_gguf, prompt_logits
+from slmtrain.model.config import RopeScaling
 from slmtrain.model.formats.gguf import export_gguf
 from tests.eval.eval_helpers import tiny_model
 from tests.model.gguf_helpers import MOE_ARCHITECTURES, TRICKY_TEXT, byte_level_bpe_model_dir, sentencepiece_tokenizer
@@ -86,6 +86,14 @@ def test_llama3_rope_scaling_runs_in_llama_cpp_and_imports_back(tmp_path):
     assert (unscaled - model(torch.tensor([prompt]))[0].detach()).abs().max() > 0.1 * unscaled.abs().max()
     assert_runs_like_slmtrain(tmp_path / "m.gguf", model, prompt)
     assert load_model(tmp_path / "m.gguf").model.config.rope_scaling == scaling
+
+
+@pytest.mark.parametrize("arch", MOE_ARCHITECTURES)
+def test_an_moe_model_runs_in_llama_cpp(tmp_path, arch):
+    model = tiny_model(**SHARP, **MOE_ARCHITECTURES[arch])  # tied: olmoe and qwen2moe get a copied output matrix
+    summary = export_gguf(model, tmp_path / "m.gguf", "f16")
+    assert summary["architecture"] == arch
+    assert_runs_like_slmtrain(tmp_path / "m.gguf", model, [5, 80, 200, 7, 9, 100, 31, 64, 150, 2, 222, 18])
 
 
 @pytest.mark.parametrize("quant", ["q8_0", "q4_0"])
