@@ -72,3 +72,12 @@ def slurm_cluster() -> Iterator[str]:
     yield conf
     if "# started" in up.stdout:
         subprocess.run(["bash", str(REPO_ROOT / ".ci" / "slurm-down.sh")], check=True, timeout=120)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The cluster tests rely on --dist loadgroup running each group on one worker: under a pytest/pytest-xdist
+    pair where the groups are silently ignored (xdist marks them by appending @group to the node id), they fail."""
+    if getattr(item.config.option, "loadgroup", False) and item.get_closest_marker("xdist_group") \
+            and "@" not in item.nodeid:
+        pytest.fail(f"pytest-xdist does not group tests under pytest {pytest.__version__}: install the versions "
+                    "that pyproject.toml's dev extra pins", pytrace=False)

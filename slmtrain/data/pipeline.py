@@ -28,6 +28,7 @@ import hashlib
 import inspect
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -545,8 +546,17 @@ def _run_on_ray(stages: list[Stage], output: Path, workers: int, options: dict[s
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline machines: no usage reports
         runtime_env = {"worker_process_setup_hook": "slmtrain.data.pipeline.ray_worker_setup",
                        **split["ray.init"].pop("runtime_env", {})}
-        # "local": a new cluster, even where one was started with `ray start`
-        ray.init(**{"address": "local", "runtime_env": runtime_env, **split["ray.init"]})
+        address = split["ray.init"].get("address")
+        if address not in (None, "auto", "local"):
+            _check_cluster_answers(address)
+            if _is_loopback(address):
+                _ray_token_auth_if_available()
+        try:  # "local": a new cluster, even where one was started with `ray start`
+            ray.init(**{"address": "local", "runtime_env": runtime_env, **split["ray.init"]})
+        except ConnectionError as error:  # nothing there, or a cluster whose token this driver lacks
+            reason = str(error.__cause__ or error).strip().splitlines()[0]
+            where = f"cluster.address={address}: cannot join the Ray cluster" if address else "cannot start Ray"
+            raise UserError(f"{where}: {reason}") from None
         try:
             for stage in stages:
                 for prepare in stage.before:
@@ -563,6 +573,7 @@ def _run_on_ray(stages: list[Stage], output: Path, workers: int, options: dict[s
 # 127.0.0.1 by the machine's external address. Its single-machine mode (the default on macOS and Windows) keeps
 # 127.0.0.1: this variable set to 0 selects it, read by `import ray` and by every process the cluster starts.
 RAY_MULTI_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+CLUSTER_CONNECT_SECONDS = 5
 
 
 def _is_loopback(address: str | None) -> bool:
@@ -594,6 +605,30 @@ def _ray_on_loopback(loopback: bool) -> Iterator[None]:
             os.environ.pop(RAY_MULTI_NODE_ENV, None)
         else:
             os.environ[RAY_MULTI_NODE_ENV] = before
+
+
+def _check_cluster_answers(address: str) -> None:
+    """A one-line error when nothing listens at a cluster address: ray.init retries such an address for minutes."""
+    host, _, port = str(address).removeprefix("ray://").rpartition(":")
+    if not port.isdigit():
+        raise ConfigError("cluster.address", f"expected HOST:PORT (e.g. 127.0.0.1:6379), got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CLUSTER_CONNECT_SECONDS).close()
+    except OSError as error:
+        raise UserError(f"cluster.address={address}: no Ray cluster answers there ({error})") from None
+
+
+def _ray_token_auth_if_available() -> None:
+    """Turn on Ray's token authentication for joining a cluster on this machine when this user has a token and
+    RAY_AUTH_MODE is not set. Ray does so itself only for a cluster it finds (``address="auto"``), never for a
+    given address, yet a cluster started by ``ray.init`` (token mode by default in Ray 2.60) or by ``ray start``
+    with a token present requires it. Ray versions without token authentication have nothing to turn on."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available)
+    except ImportError:
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def ray_worker_setup() -> None:

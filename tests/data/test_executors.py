@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from slmtrain.config import ConfigError
 from slmtrain.data.demo import write_demo_documents
 from slmtrain.data.pipeline import RAY_MULTI_NODE_ENV, _is_loopback, run_pipeline
 from slmtrain.slurm import queued_jobs
+from tests.output import diagnostics
 from tests.paths import REPO_ROOT
 
 # With pytest -n 2 --dist loadgroup, the tests of each cluster run one after the other on one worker: the Ray
@@ -114,8 +116,10 @@ class Listeners:
 
 
 @RAY_TESTS
-@pytest.mark.parametrize("pipeline", ["fineweb", "demo"])  # demo trains its fastText model between stages
-def test_ray_local_cluster_matches_local_executor(pipeline, pages, local, tmp_path, no_usage_stats):
+def test_ray_local_cluster_matches_local_executor(pages, local, tmp_path, no_usage_stats):
+    """The demo pipeline (it trains its fastText model between stages) on a cluster the run starts; fineweb runs
+    on a joined cluster below (each Ray run takes minutes here: every task is a new process)."""
+    pipeline = "demo"
     import ray  # imported before the run: it still keeps the cluster on the loopback
 
     with Listeners(os.getpid()) as listeners:
@@ -130,6 +134,23 @@ def test_ray_local_cluster_matches_local_executor(pipeline, pages, local, tmp_pa
 def test_only_a_cluster_on_this_machine_is_kept_on_the_loopback():
     assert all(map(_is_loopback, [None, "local", "127.0.0.1:6379", "localhost:6379", "ray://127.0.0.1:10001"]))
     assert not any(map(_is_loopback, ["10.0.0.5:6379", "head.cluster:6379", "ray://head.cluster:10001"]))
+
+
+def test_a_cluster_address_where_nothing_answers_is_a_one_line_error(tmp_path):
+    (tmp_path / "page.jsonl").write_text('{"id": "0", "text": "A page."}\n')
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    for address, error in [(f"127.0.0.1:{port}", f"cluster.address=127.0.0.1:{port}: no Ray cluster answers there"),
+                           ("127.0.0.1", "cluster.address: expected HOST:PORT (e.g. 127.0.0.1:6379), got '127.0.0.1'")]:
+        done = subprocess.run([sys.executable, str(REPO_ROOT / "launch" / "curate.py"), "filter=fineweb",
+                               f"input={tmp_path / 'page.jsonl'}", f"output={tmp_path / 'out'}", "executor=ray",
+                               f"cluster.address={address}"], capture_output=True, text=True, timeout=120)
+        lines = diagnostics(done.stderr).strip().splitlines()
+        assert done.returncode != 0 and len(lines) == 1 and lines[0].startswith(f"error: {error}"), done.stderr
+    assert time.monotonic() - started < 60  # ray.init alone retries such an address for minutes
+    assert not (tmp_path / "out" / "kept").exists()
 
 
 HOLD_CLUSTER = """
@@ -158,9 +179,12 @@ def test_ray_joined_cluster_survives_a_killed_worker(pages, local, tmp_path, no_
     """A running cluster is joined with cluster.address=; a worker SIGKILLed mid-task is retried, and the output
     is the local executor's, with no document lost or written twice."""
     # a cluster on this machine only, as README says to start one (Ray's single-machine mode)
+    # RAY_AUTH_MODE unset, as on a user's machine: Ray 2.60 starts the cluster with token authentication, and the
+    # run must turn it on to join (Ray itself never does for a given address)
+    environ = {key: value for key, value in os.environ.items() if key != "RAY_AUTH_MODE"}
     holder = subprocess.Popen([sys.executable, "-c", HOLD_CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True,
-                              env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", RAY_MULTI_NODE_ENV: "0"})
+                              env={**environ, "RAY_USAGE_STATS_ENABLED": "0", RAY_MULTI_NODE_ENV: "0"})
     try:
         address = holder.stdout.readline().strip()
         assert address, "the Ray cluster did not start"
@@ -182,7 +206,8 @@ def test_ray_joined_cluster_survives_a_killed_worker(pages, local, tmp_path, no_
             done = subprocess.run([sys.executable, str(REPO_ROOT / "launch" / "curate.py"), "filter=fineweb",
                                    f"input={pages}", f"output={tmp_path / 'ray'}", "executor=ray", "workers=2",
                                    f"cluster.address={address}", f"max_doc_chars={QUICK['max_doc_chars']}",
-                                   "steps.minhash.num_buckets=2"], capture_output=True, text=True, timeout=300)
+                                   "steps.minhash.num_buckets=2"], capture_output=True, text=True, timeout=300,
+                                  env=environ)
         killer.join(timeout=1)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         assert address.startswith("127.0.0.1:")

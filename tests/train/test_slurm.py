@@ -112,4 +112,4 @@ def test_requeued_job_resumes_from_last_checkpoint(shards, tmp_path, torchrun_lo
         subprocess.run(["scancel", f"--name={name}"], check=True)
     log = next(run_dir.glob("slurm-*.out")).read_text()
     assert "DUE TO JOB REQUEUE" in log and "resuming from" in log and "(restart 1)" in log, log[-3000:]
-    assert train_losses(run_dir) == torchrun_losses
+    assert train_losses(run_dir) == torchrun_losses, log[-3000:] + (run_dir / "train.log").read_text()[-3000:]
