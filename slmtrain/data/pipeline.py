@@ -554,9 +554,11 @@ def _run_on_ray(stages: list[Stage], output: Path, workers: int, options: dict[s
         try:  # "local": a new cluster, even where one was started with `ray start`
             ray.init(**{"address": "local", "runtime_env": runtime_env, **split["ray.init"]})
         except ConnectionError as error:  # nothing there, or a cluster whose token this driver lacks
-            reason = str(error.__cause__ or error).strip().splitlines()[0]
-            where = f"cluster.address={address}: cannot join the Ray cluster" if address else "cannot start Ray"
-            raise UserError(f"{where}: {reason}") from None
+            reason = str(error.__cause__ or error).strip().splitlines()[0].split(". Last connection error")[0]
+            if not address:
+                raise UserError(f"cannot start Ray: {reason}") from None
+            raise UserError(f"cluster.address={address}: cannot join the Ray cluster: {reason} (a cluster with "
+                            "token authentication needs RAY_AUTH_MODE=token and its token)") from None
         try:
             for stage in stages:
                 for prepare in stage.before:
@@ -580,8 +582,14 @@ def _is_loopback(address: str | None) -> bool:
     """Whether a cluster address (``host:port``; None: a cluster started here) is on this machine's loopback."""
     if address is None or address == "local":
         return True
-    host = str(address).removeprefix("ray://").rpartition(":")[0] or str(address)
-    return host in ("localhost", "127.0.0.1", "[::1]")
+    host, _ = _host_and_port(address)
+    return (host or str(address)) in ("localhost", "127.0.0.1", "::1")
+
+
+def _host_and_port(address: str) -> tuple[str, str]:
+    """``host:port``, ``ray://host:port`` or ``[::1]:port`` -> (host without brackets, port as written)."""
+    host, _, port = str(address).removeprefix("ray://").rpartition(":")
+    return host.strip("[]"), port
 
 
 @contextlib.contextmanager
@@ -609,11 +617,11 @@ def _ray_on_loopback(loopback: bool) -> Iterator[None]:
 
 def _check_cluster_answers(address: str) -> None:
     """A one-line error when nothing listens at a cluster address: ray.init retries such an address for minutes."""
-    host, _, port = str(address).removeprefix("ray://").rpartition(":")
-    if not port.isdigit():
+    host, port = _host_and_port(address)
+    if not (host and port.isdigit()):
         raise ConfigError("cluster.address", f"expected HOST:PORT (e.g. 127.0.0.1:6379), got {address!r}")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CLUSTER_CONNECT_SECONDS).close()
+        socket.create_connection((host, int(port)), timeout=CLUSTER_CONNECT_SECONDS).close()
     except OSError as error:
         raise UserError(f"cluster.address={address}: no Ray cluster answers there ({error})") from None
 

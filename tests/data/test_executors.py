@@ -198,6 +198,15 @@ def test_ray_joined_cluster_survives_a_killed_worker(pages, local, tmp_path, no_
                     killed.append(pids[0])
                 time.sleep(0.02)
 
+        refused = subprocess.run([sys.executable, str(REPO_ROOT / "launch" / "curate.py"), "filter=fineweb",
+                                  f"input={pages}", f"output={tmp_path / 'refused'}", "executor=ray",
+                                  f"cluster.address={address}"], capture_output=True, text=True, timeout=300,
+                                 env={**environ, "RAY_AUTH_MODE": "disabled"})  # a driver without the token
+        # Ray's own retry warnings come first (not one line yet); the run's error is the last line
+        last = refused.stderr.strip().splitlines()[-1]
+        assert refused.returncode != 0, refused.stderr[-3000:]
+        assert last.startswith(f"error: cluster.address={address}: cannot join the Ray cluster: "), last
+        assert last.endswith("needs RAY_AUTH_MODE=token and its token)"), last
         killer = threading.Thread(target=kill_the_first_busy_worker, daemon=True)
         killer.start()
         # the command line, in a process of its own: a driver that has not started a cluster before (ray.init of a
