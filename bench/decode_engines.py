@@ -1,7 +1,8 @@
 """Decode speed of one model in slmtrain's PyTorch engine and in llama.cpp, on the same threads, against the
 bandwidth roofline of this machine.
 
-    python bench/decode_engines.py [model=smollm2-135m engines=pytorch-fp32,pytorch-bf16,pytorch-int8,llama.cpp-f16,
+    python bench/decode_engines.py [model=smollm2-135m engines=pytorch-fp32,pytorch-fp16,pytorch-bf16,pytorch-int8,
+                                    llama.cpp-f16,
                                     llama.cpp-q8_0,llama.cpp-q4_0 threads=2 gen=32 depth=64 rounds=3]
 
 ``model`` is anything load_model takes (a preset has random weights: decode speed does not depend on them). Every
@@ -12,6 +13,7 @@ read per token, from this host's measured copy bandwidth) and measured/roofline.
 
 from __future__ import annotations
 
+import copy
 import sys
 import tempfile
 from collections.abc import Callable
@@ -31,8 +33,9 @@ from slmtrain.eval.runtime import decode_timing, roofline_decode_tokens_per_s, s
 from slmtrain.hardware import measure_host_profile  # noqa: E402
 from slmtrain.model.formats.gguf import export_gguf  # noqa: E402
 
-ENGINES = ("pytorch-fp32", "pytorch-bf16", "pytorch-int8", "llama.cpp-f16", "llama.cpp-q8_0", "llama.cpp-q4_0")
+ENGINES = ("pytorch-fp32", "pytorch-fp16", "pytorch-bf16", "pytorch-int8", "llama.cpp-f16", "llama.cpp-q8_0", "llama.cpp-q4_0")
 REFERENCE = "llama.cpp-f16"
+HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -60,11 +63,11 @@ class Engine:
 
 def pytorch_engine(name: str, model, args: Args) -> Engine:
     precision = name.removeprefix("pytorch-")
-    if precision == "bf16":
-        model = model.to(torch.bfloat16)
+    if precision in HALF_DTYPES:  # a copy: Module.to converts in place, and every engine shares the loaded model
+        model = copy.deepcopy(model).to(HALF_DTYPES[precision])
     elif precision == "int8":
         model, _ = quantize_model(model, "int8")
-    element = 2 if precision == "bf16" else 4
+    element = 2 if precision in HALF_DTYPES else 4
     return Engine(name, lambda: decode_timing(model, args.gen, args.depth, repeats=1, warmup=0).seconds[0],
                   weight_bytes(model), model.config.kv_cache_bytes_per_token(element) * (args.depth + args.gen // 2))
 

@@ -47,6 +47,17 @@ def test_backends_agree(t: int, s: int, kv_heads: int) -> None:
     torch.testing.assert_close(attend(q, k, v, backend="flash"), reference, **TOL)  # CPU: falls back to SDPA
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("t", "s"), [(8, 8), (5, 12), (1, 9)])
+def test_half_precision_attention_equals_fp32_rounded(dtype: torch.dtype, t: int, s: int) -> None:
+    """Half-precision inputs (attended in fp32 on CPU) give the fp32 result to within one rounding of the half type."""
+    q, k, v = (x.to(dtype) for x in random_qkv(t, s))
+    out = attend(q, k, v, backend="sdpa")
+    assert out.dtype == dtype
+    reference = attend(q.float(), k.float(), v.float(), backend="eager")
+    torch.testing.assert_close(out.float(), reference, atol=1e-6, rtol=torch.finfo(dtype).eps)
+
+
 def test_eager_is_causal_attention_by_definition() -> None:
     """The reference itself, against a loop over queries: softmax over keys up to the query's own position."""
     q, k, v = random_qkv(4, 6, kv_heads=4)
