@@ -9,7 +9,8 @@ Mixtral is loaded from slmtrain's HF export of the same weights (so both start a
 transformers' default experts implementation (``grouped_mm``, or its fallback where the kernel is missing) and with
 its ``eager`` per-expert loop. The dense model has FFN width top_k x expert_ffn: the same active parameters (less
 the router). Steps of all four are timed alternately so that machine noise hits them alike. Prints tokens/s and the
-ratios slmtrain MoE / each reference (> 1: slmtrain MoE is faster).
+ratios slmtrain MoE / each reference (> 1: slmtrain MoE is faster), for the whole step and for the first layer's
+MoE block alone (forward and backward of the same hidden states through the same weights).
 """
 
 from __future__ import annotations
@@ -42,20 +43,32 @@ class Runner:
     forward: Callable[[torch.Tensor], torch.Tensor]
     optimizer: torch.optim.Optimizer
     autocast: bool
+    moe_block: torch.nn.Module  # the first layer's MoE, timed alone
+    extra_loss: Callable[[], torch.Tensor | float] = lambda: 0.0  # added to the loss after the forward
     losses: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    block_seconds: list[float] = field(default_factory=list)
 
     def step(self, ids: torch.Tensor, targets: torch.Tensor, timed: bool) -> None:
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
             logits = self.forward(ids)
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-        loss.backward()
+        (loss + self.extra_loss()).backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.losses.append(loss.item())  # .item() waits for the step to finish
         if timed:
             self.seconds.append(time.perf_counter() - start)
+
+    def block_step(self, hidden: torch.Tensor, timed: bool) -> None:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            out = self.moe_block(hidden)
+        out = out[0] if isinstance(out, tuple) else out
+        out.float().square().mean().backward()
+        if timed:
+            self.block_seconds.append(time.perf_counter() - start)
 
 
 @dataclass
@@ -87,20 +100,20 @@ def runners(config: ModelConfig, dense: ModelConfig, autocast: bool, export_dir:
     default_impl = mixtral[None].config._experts_implementation
     dense_model = Transformer(dense).train()
 
-    def ours_forward(ids: torch.Tensor) -> torch.Tensor:
-        logits = ours(ids)
-        return logits + 0 * ours.moe_loss()  # the balancing loss joins the graph, as in training (value unchanged)
-
     def hf_forward(model: transformers.MixtralForCausalLM):
         return lambda ids: model(input_ids=ids, use_cache=False).logits
 
     return [
-        Runner("slmtrain MoE", ours_forward, torch.optim.AdamW(ours.parameters(), lr=1e-3), autocast),
+        # the balancing loss joins the loss, as in training
+        Runner("slmtrain MoE", ours, torch.optim.AdamW(ours.parameters(), lr=1e-3), autocast, ours.blocks[0].mlp,
+               ours.moe_loss),
         Runner(f"Mixtral ({default_impl})", hf_forward(mixtral[None]),
-               torch.optim.AdamW(mixtral[None].parameters(), lr=1e-3), autocast),
+               torch.optim.AdamW(mixtral[None].parameters(), lr=1e-3), autocast, mixtral[None].model.layers[0].mlp),
         Runner("Mixtral (eager)", hf_forward(mixtral["eager"]),
-               torch.optim.AdamW(mixtral["eager"].parameters(), lr=1e-3), autocast),
-        Runner("slmtrain dense", dense_model, torch.optim.AdamW(dense_model.parameters(), lr=1e-3), autocast),
+               torch.optim.AdamW(mixtral["eager"].parameters(), lr=1e-3), autocast,
+               mixtral["eager"].model.layers[0].mlp),
+        Runner("slmtrain dense", dense_model, torch.optim.AdamW(dense_model.parameters(), lr=1e-3), autocast,
+               dense_model.blocks[0].mlp),
     ]
 
 
@@ -126,12 +139,17 @@ def main(argv: list[str]) -> None:
             for step in range(args.warmup + args.steps):
                 for runner in group:  # alternate: step i of every model runs back to back
                     runner.step(ids, targets, timed=step >= args.warmup)
-        rates = {r.name: args.batch * args.seq / median(r.seconds) for r in group}
-        ours = rates["slmtrain MoE"]
-        print(f"{mode}: " + ", ".join(f"{name} {rate:,.0f} tok/s" for name, rate in rates.items()))
-        print(f"{mode}: slmtrain MoE / " + ", ".join(f"{name} {ours / rate:.2f}" for name, rate in rates.items()
-                                                     if name != "slmtrain MoE")
-              + f"; step-0 loss slmtrain {group[0].losses[0]:.4f}, Mixtral {group[1].losses[0]:.4f}")
+            hidden = torch.randn(args.batch, args.seq, args.d_model, generator=generator, requires_grad=True)
+            for step in range(args.warmup + args.steps):
+                for runner in group:
+                    runner.block_step(hidden, timed=step >= args.warmup)
+        for what, seconds in (("step", lambda r: r.seconds), ("MoE block", lambda r: r.block_seconds)):
+            rates = {r.name: args.batch * args.seq / median(seconds(r)) for r in group}
+            ours = rates["slmtrain MoE"]
+            print(f"{mode} {what}: " + ", ".join(f"{name} {rate:,.0f} tok/s" for name, rate in rates.items()))
+            print(f"{mode} {what}: slmtrain MoE / " + ", ".join(f"{name} {ours / rate:.2f}"
+                                                              for name, rate in rates.items() if name != "slmtrain MoE"))
+        print(f"{mode}: step-0 loss slmtrain {group[0].losses[0]:.4f}, Mixtral {group[1].losses[0]:.4f}")
 
 
 if __name__ == "__main__":
