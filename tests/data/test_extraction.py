@@ -20,9 +20,10 @@ from pydoc_data.topics import topics
 
 from tests.output import diagnostics
 from tests.paths import REPO_ROOT
+from slmtrain.config import UserError
 from slmtrain.data.debian_docs import fetch_debian_pages
-from slmtrain.data.filters.extractors import (GUARD_MIN_PAGES, MassRemoval, ResiliparseExtractor,
-                                              TrafilaturaExtractor)
+from slmtrain.data.filters.extractors import (GUARD_MIN_PAGES, LINK_LIST_MARK, MassRemoval, ResiliparseExtractor,
+                                              TrafilaturaExtractor, mark_link_lists)
 from slmtrain.data.pipeline import run_pipeline
 
 PROSE = sorted((text for text in topics.values() if len(text) > 3_000), key=len)
@@ -54,6 +55,32 @@ def test_pages_are_extracted_and_each_removal_has_its_reason(extractor: type, tm
     removed = {r["id"]: r["metadata"]["filter_reason"] for r in read_gz(tmp_path / "removed")}
     assert removed == {"script_only": "empty_extraction", "plain": "not_html"}
     assert counts(step)["dropped_empty_extraction"] == 1 and counts(step)["dropped_not_html"] == 1
+
+
+def test_resiliparse_leaves_out_link_lists_and_keeps_lists_of_prose() -> None:
+    from resiliparse.parse.html import HTMLTree
+
+    contents = "".join(f'<li><a href="s{i}.html">{i}.{i}. Section {i}</a></li>' for i in range(1, 9))
+    prose = ("<li>This item explains the option in words, and <a href='x.html'>one link</a> points to more.</li>"
+             "<li>A second item says more about it.</li>")
+    footer = "<table><tr><td><a href='p.html'>Prev</a></td><td><a href='n.html'>Next</a></td></tr></table>"
+    paragraph = " ".join(PROSE[0].split()[:80])
+    html = (f"<html><body><ul id='toc'>{contents}</ul><article><p>{paragraph}</p>"
+            f"<ul id='prose'>{prose}</ul></article>{footer}</body></html>")
+    tree = HTMLTree.parse(html)
+    mark_link_lists(tree, 0.8)
+    marked = {block.tag + block.getattr("id", "") for block in tree.body.query_selector_all(f"[{LINK_LIST_MARK}]")}
+    assert marked == {"ultoc", "table"}  # the prose list, 11% link text, stays
+    text = ResiliparseExtractor().extract(html)
+    assert "Section 3" not in text and "Prev" not in text and paragraph in text
+    unfiltered = ResiliparseExtractor(max_link_density=None).extract(html)
+    assert "Prev" in unfiltered and paragraph in unfiltered  # resiliparse alone keeps the navigation table
+
+
+@pytest.mark.parametrize("share", [0, 1.5])
+def test_a_link_density_outside_0_1_is_a_config_error(share: float) -> None:
+    with pytest.raises(UserError, match="max_link_density"):
+        ResiliparseExtractor(max_link_density=share)
 
 
 def test_a_page_past_the_time_limit_is_counted_as_timeout() -> None:

@@ -215,21 +215,87 @@ class TrafilaturaExtractor(SandboxedExtractor):
 
 
 class ResiliparseExtractor(SandboxedExtractor):
-    """resiliparse's main-content plain-text extraction (DCLM's extractor, several times faster than Trafilatura)."""
+    """resiliparse's main-content plain-text extraction (DCLM's extractor, several times faster than Trafilatura).
+
+    ``max_link_density``: lists, tables and ``<nav>`` blocks whose text is at least this share of link text (tables
+    of contents, navigation bars, "see also" lists) are left out, as Trafilatura leaves them out; resiliparse's own
+    main-content rules keep them. On 2,000 Debian documentation pages this raised the share of the documents
+    Trafilatura's text passes the FineWeb filters with that resiliparse's text passes too from 80% to 91% (the
+    tables of contents failed Gopher's alphabetic-words rule, repeated navigation FineWeb's duplicate-lines rule),
+    at about 2 ms a page instead of 1 (Trafilatura: about 50). None: resiliparse alone."""
 
     name = "⛏ Resiliparse (sandboxed)"
     _requires_dependencies = ["resiliparse"]
 
     def __init__(self, main_content: bool = True, preserve_formatting: bool = True, list_bullets: bool = False,
                  alt_texts: bool = False, links: bool = False, form_fields: bool = False, noscript: bool = False,
-                 comments: bool = False, timeout: float = DEFAULT_TIMEOUT, failure_limit: float | None = 0.2,
-                 exclusion_writer: DiskWriter | None = None):
+                 comments: bool = False, max_link_density: float | None = 0.8, timeout: float = DEFAULT_TIMEOUT,
+                 failure_limit: float | None = 0.2, exclusion_writer: DiskWriter | None = None):
+        if max_link_density is not None and not 0 < max_link_density <= 1:
+            raise UserError(f"max_link_density: a share of a block's text in (0, 1], or null; got {max_link_density}")
         super().__init__(timeout, failure_limit, exclusion_writer)
+        self.max_link_density = max_link_density
         self.options = {"main_content": main_content, "preserve_formatting": preserve_formatting,
                         "list_bullets": list_bullets, "alt_texts": alt_texts, "links": links,
                         "form_fields": form_fields, "noscript": noscript, "comments": comments}
 
     def extract(self, html: str) -> str | None:
         from resiliparse.extract.html2text import extract_plain_text
+        from resiliparse.parse.html import HTMLTree
 
-        return extract_plain_text(html, **self.options)
+        if self.max_link_density is None:
+            return extract_plain_text(html, **self.options)
+        tree = HTMLTree.parse(html)
+        mark_link_lists(tree, self.max_link_density)
+        return extract_plain_text(tree, skip_elements=[f"[{LINK_LIST_MARK}]"], **self.options)
+
+
+LINK_LIST_TAGS = frozenset({"ul", "ol", "dl", "table", "nav"})
+LINK_LIST_MARK = "data-slmtrain-link-list"
+
+
+def mark_link_lists(tree, max_link_density: float) -> None:  # noqa: ANN001 - a resiliparse HTMLTree
+    """Mark (with an attribute: the tree's structure stays as parsed) every list, table and nav block whose
+    non-space text is at least ``max_link_density`` link text.
+
+    Only the outermost blocks that hold a link are walked, each once, depth first, adding every text node's length
+    to the blocks around it: resiliparse's node collections take time quadratic in their length to iterate, which
+    made a per-block count of anchors cost 0.5 s on a nested table of contents."""
+    if tree.body is None:
+        return
+    outer = None
+    for block in tree.body.query_selector_all(", ".join(sorted(LINK_LIST_TAGS))):  # document order: outer first
+        if outer is not None and outer.contains(block):
+            continue
+        outer = block
+        if block.query_selector("a") is not None:
+            _mark_within(block, max_link_density)
+
+
+def _mark_within(root, max_link_density: float) -> None:  # noqa: ANN001 - a resiliparse DOMNode
+    from resiliparse.parse.html import NodeType
+
+    # one frame per open element: [node, inside a link, non-space characters, of them link text, next child]
+    frames = [[root, False, 0, 0, root.first_child]]
+    while frames:
+        frame = frames[-1]
+        node, in_link, chars, linked, child = frame
+        if child is None:  # every child counted: judge the element, then count it in its parent
+            frames.pop()
+            if node.tag in LINK_LIST_TAGS and chars and linked / chars >= max_link_density:
+                node.setattr(LINK_LIST_MARK, "")
+            if frames:
+                frames[-1][2] += chars
+                frames[-1][3] += linked
+            continue
+        frame[4] = child.next
+        if child.type == NodeType.TEXT:
+            length = _non_space_length(child.text)
+            frame[2] += length
+            frame[3] += length if in_link else 0
+        elif child.type == NodeType.ELEMENT:
+            frames.append([child, in_link or child.tag == "a", 0, 0, child.first_child])
+
+
+def _non_space_length(text: str) -> int:
+    return len(text) - sum(text.count(c) for c in " \n\t\r")
