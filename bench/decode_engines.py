@@ -2,8 +2,7 @@
 bandwidth roofline of this machine.
 
     python bench/decode_engines.py [model=smollm2-135m engines=pytorch-fp32,pytorch-fp16,pytorch-bf16,pytorch-int8,
-                                    llama.cpp-f16,
-                                    llama.cpp-q8_0,llama.cpp-q4_0 threads=2 gen=32 depth=64 rounds=3]
+                                    llama.cpp-f16,llama.cpp-q8_0,llama.cpp-q4_0 threads=2 gen=32 depth=64 rounds=3]
 
 ``model`` is anything load_model takes (a preset has random weights: decode speed does not depend on them). Every
 round decodes ``gen`` tokens after ``depth`` tokens of context on each engine in turn, so machine noise hits all
@@ -33,7 +32,8 @@ from slmtrain.eval.runtime import decode_timing, roofline_decode_tokens_per_s, s
 from slmtrain.hardware import measure_host_profile  # noqa: E402
 from slmtrain.model.formats.gguf import export_gguf  # noqa: E402
 
-ENGINES = ("pytorch-fp32", "pytorch-fp16", "pytorch-bf16", "pytorch-int8", "llama.cpp-f16", "llama.cpp-q8_0", "llama.cpp-q4_0")
+ENGINES = ("pytorch-fp32", "pytorch-fp16", "pytorch-bf16", "pytorch-int8",
+           "llama.cpp-f16", "llama.cpp-q8_0", "llama.cpp-q4_0")
 REFERENCE = "llama.cpp-f16"
 HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 

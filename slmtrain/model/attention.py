@@ -58,9 +58,10 @@ def attention_mask(t: int, s: int, device: torch.device, doc_ids: torch.Tensor |
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None,
           query_positions: torch.Tensor | None) -> torch.Tensor:
-    if q.device.type == "cpu" and q.dtype in HALF_DTYPES:
+    if q.device.type == "cpu" and q.dtype in HALF_DTYPES and not torch.is_autocast_enabled("cpu"):
         # torch's CPU attention kernels run 2-10x slower in fp16/bf16 than in fp32 (measured from 48 to 2,048 keys,
-        # one decoded token and whole prompts): attend in fp32, return the half-precision result
+        # one decoded token and whole prompts): attend in fp32, return the half-precision result. Not under
+        # autocast, which casts attention's inputs back to its own dtype (and trains as fast either way)
         return _sdpa(q.float(), k.float(), v.float(), doc_ids, query_positions).to(q.dtype)
     t, s = q.shape[-2], k.shape[-2]
     gqa = q.shape[1] != k.shape[1]
