@@ -155,3 +155,17 @@ def test_a_second_backward_through_the_fused_loss_is_refused() -> None:
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="only once"):
         loss.backward()
+
+
+def test_a_tied_embedding_gradient_is_added_into_the_heads_in_place() -> None:
+    """The head's gradient, built in the forward, becomes the tied weight's .grad: autograd adds the embedding's
+    gradient into it rather than allocating a third (vocab, d) tensor for the sum, which it must do while the fused
+    loss still holds a reference (as it did when the gradients were saved for backward). The vocabulary needs no
+    padding here: a padded head is a slice of the embedding, whose backward allocates the padded gradient anyway."""
+    torch.manual_seed(0)
+    model = Transformer(presets.get("tiny", vocab_size=256, vocab_multiple_of=64, tie_embeddings=True)).train()
+    ids, targets = batch()
+    loss = model(ids, targets=targets)
+    head_gradient = loss.grad_fn.gradients[1].data_ptr()  # its address only: a reference would force the copy
+    loss.backward()
+    assert model.embed.weight.grad.data_ptr() == head_gradient
