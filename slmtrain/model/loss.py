@@ -15,9 +15,9 @@ import torch
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss (prompt tokens in fine-tuning), as in PyTorch
 
 # Rows per chunk x vocabulary: 3 x 2^23 fp32 logits (96 MiB) per chunk, 196 rows at a 128k vocabulary. Every chunk
-# re-reads the head and updates its whole gradient, so fewer rows cost speed for the memory they save. Measured
-# with bench/train_step.py at 128k (CPU, one thread): 2^25 logits 1.26x transformers' tokens/s at 0.62x its peak,
-# 3 x 2^23 1.18x at 0.60x, 2^24 1.11x at 0.55x; 32 rows ran 1.5-2x slower than the plain path.
+# re-reads the head and updates its whole gradient, so too few rows cost speed; more gained nothing. Measured with
+# bench/train_step.py at 128k (CPU, one thread): 1.41x transformers' tokens/s at 0.56x its peak memory; 2^25 logits
+# (261 rows) 1.41x at 0.57x; 32 rows ran 1.5-2x slower than the plain path.
 CHUNK_LOGITS = 3 * 2**23
 
 
