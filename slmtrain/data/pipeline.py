@@ -2,8 +2,8 @@
 
 A declaration lists ``steps`` as an ordered mapping ``name: {type: TYPE, param: value, ...}`` (``type`` defaults
 to the name; ``enabled: false`` drops a step). Parameters are those of the step's class, checked by name, so a
-typo is an error naming the valid keys. ``minhash`` splits the pipeline into stages (datatrove's 4-stage MinHash:
-the documents kept so far go to ``work/``, are signed, bucketed, clustered, then filtered).
+typo is an error naming the valid keys. ``minhash`` splits the pipeline into stages (datatrove's MinHash: the
+documents kept so far go to ``work/`` and are signed as they are written, then bucketed, clustered and filtered).
 
 Output layout (the tokenizer and the trainer rely on it)::
 
@@ -384,12 +384,9 @@ def build_stages(config: PipelineConfig, source: str, output: Path, workers: int
         if step_type in EXTRACTION_STEPS and input_format not in ("html", "warc"):
             continue  # text is already extracted
         if step_type == "minhash":
-            k = len(stages) // 4 + 1  # this is the k-th MinHash: it reads what stage k kept
-            stages += _minhash_stages(current, k, name, params, output, tasks, config.max_doc_chars)
-            dedup = MinhashDedupFilter(input_folder=str(output / "work" / f"minhash_{k}" / "remove"),
-                                       exclusion_writer=_removed_writer(output, name))
-            reread = RecordingJsonlReader(str(output / "work" / f"stage_{k}"), max_doc_chars=config.max_doc_chars)
-            current = Stage(f"filter_{k + 1}", [reread, dedup], {1: name}, tasks)
+            k = len(stages) // 3 + 1  # this is the k-th MinHash: it reads what stage k kept
+            closed, current = _minhash_stages(current, k, name, params, output, tasks, config.max_doc_chars)
+            stages += closed
             continue
         trained_here = step_type == "fasttext_quality" and "train" in params
         if trained_here:
@@ -480,21 +477,30 @@ def _construct(name: str, cls: Callable, params: dict, **injected: Any) -> Any:
 
 
 def _minhash_stages(current: Stage, k: int, name: str, params: dict, output: Path, tasks: int,
-                    max_doc_chars: int) -> list[Stage]:
-    """Close the current stage into ``work/stage_k`` and add datatrove's MinHash signature/bucket/cluster stages."""
+                    max_doc_chars: int) -> tuple[list[Stage], Stage]:
+    """Close the current stage into ``work/stage_k``, add datatrove's MinHash bucket and cluster stages, and open
+    the next stage with the dedup filter over what the current one kept.
+
+    The signatures are computed in the current stage, right after its documents are written, rather than in a stage
+    of their own that reads them back: the words are those the filters just split (the shared tokenizer remembers
+    them) and no pool of workers starts only to import spaCy again. Rank r's document indices are then those of the
+    file rank r wrote, which is what the dedup filter's reader reads at rank r (``rank_file``)."""
     kept_so_far, minhash = output / "work" / f"stage_{k}", output / "work" / f"minhash_{k}"
     config = _construct(name, MinhashConfig, params)
-    current.pipeline.append(JsonlWriter(str(kept_so_far)))
+    writer = JsonlWriter(str(kept_so_far))
     signature = MinhashDedupSignature(output_folder=str(minhash / "signatures"), config=config,
                                       language=shared_tokenizer(Languages.english))
-    signatures = Stage(f"minhash_{k}_signatures", [RecordingJsonlReader(str(kept_so_far), max_doc_chars=max_doc_chars),
-                                                   signature], {}, tasks, checks=[functools.partial(check_step, name, signature)])
+    current.pipeline += [writer, signature]
+    current.checks.append(functools.partial(check_step, name, signature))
     buckets = Stage(f"minhash_{k}_buckets", [MinhashDedupBuckets(
         input_folder=str(minhash / "signatures"), output_folder=str(minhash / "buckets"), config=config)],
         {}, config.num_buckets)
     cluster = Stage(f"minhash_{k}_cluster", [MinhashDedupCluster(
         input_folder=str(minhash / "buckets"), output_folder=str(minhash / "remove"), config=config)], {}, 1)
-    return [current, signatures, buckets, cluster]
+    reread = RecordingJsonlReader(str(kept_so_far), max_doc_chars=max_doc_chars,
+                                  rank_file=writer.output_filename.template)
+    dedup = MinhashDedupFilter(input_folder=str(minhash / "remove"), exclusion_writer=_removed_writer(output, name))
+    return [current, buckets, cluster], Stage(f"filter_{k + 1}", [reread, dedup], {1: name}, tasks)
 
 
 def _fasttext_trainer(name: str, train: dict, params: dict, output: Path) -> Callable[[], None]:
@@ -726,9 +732,14 @@ def collect_stats(stages: list[Stage], output: Path, pipeline: str, source: str,
     dedup_seconds = 0.0
     for stage in stages:
         step_stats = _stage_stats(stage, output)
-        if not stage.rows:  # a MinHash signature/bucket/cluster stage: its time goes to the dedup row
+        if not stage.rows:  # a MinHash bucket/cluster stage: its time goes to the dedup row
             dedup_seconds += sum(_seconds(s) for s in step_stats)
             continue
+        for index, step in enumerate(stage.pipeline[: len(step_stats)]):
+            if isinstance(step, MinhashDedupSignature):  # the signatures, after the stage's writer: its time
+                # covers the steps before it too (it pulls their documents), whose own times are subtracted
+                upstream = sum(_seconds(s) for s in step_stats[:index])
+                dedup_seconds += max(0.0, _seconds(step_stats[index]) - upstream)
         for index, name in stage.rows.items():
             counts = step_stats[index]["stats"] if index < len(step_stats) else {}
             step_seconds = _seconds(step_stats[index]) if index < len(step_stats) else 0.0

@@ -275,7 +275,7 @@ def test_slurm_jobs_cancelled_resume_when_run_again_and_match_the_local_executor
     stats = run_pipeline("fineweb", pages, out, {**QUICK, **SLURM}, executor="slurm", workers=2, wait=True)
     assert stats.executor == "slurm" and outcome(out) == local("fineweb")
     logs = out / "logs"
-    script = (logs / "minhash_1_signatures" / "launch_script.slurm").read_text()  # a stage the cancel left whole
+    script = (logs / "filter_2" / "launch_script.slurm").read_text()  # a stage the cancel left whole
     assert "#SBATCH --array=0-2%2" in script and "srun" in script and "launch_pickled_pipeline" in script
     job_logs = sorted(p.name for p in (logs / "minhash_1_buckets" / "slurm_logs").glob("*.out"))
     assert len(job_logs) == 3  # 2 array tasks and the job that merges their stats

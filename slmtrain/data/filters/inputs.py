@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from string import Template
 
 import orjson
 from datatrove.data import Document, DocumentsPipeline
@@ -20,18 +21,32 @@ SNIPPET_CHARS = 200  # how much of a rejected record is kept, to show what it lo
 READ_CHUNK = 1 << 20
 
 
+class UnreadableOwnOutput(RuntimeError):
+    """A record a stage wrote itself does not read back where the reader's document indices must stay aligned."""
+
+
 class RejectingReader(BaseDiskReader):
-    """Base for readers that reject bad records with a reason instead of skipping them silently."""
+    """Base for readers that reject bad records with a reason instead of skipping them silently.
+
+    ``rank_file``: a datatrove writer's file name template (``${rank}.jsonl.gz``); rank r then reads only the file
+    rank r of the writing stage wrote, or nothing where it wrote none, instead of every world_size-th file of the
+    folder (which shifts when a rank wrote nothing), so that a document's index is the one it had at that rank.
+    A record that would be rejected there is an error: skipping it would shift the indices of the rest."""
 
     def __init__(self, data_folder: str, rejected_writer: DiskWriter | None = None, max_doc_chars: int = 1_000_000,
-                 glob_pattern: str | None = None, text_key: str = "text", id_key: str = "id"):
+                 glob_pattern: str | None = None, text_key: str = "text", id_key: str = "id",
+                 rank_file: str | None = None):
         super().__init__(data_folder, glob_pattern=glob_pattern, text_key=text_key, id_key=id_key)
         self.rejected_writer = rejected_writer
         self.max_doc_chars = max_doc_chars
+        self.rank_file = None if rank_file is None else Template(rank_file)
         self._rejected: DiskWriter | None = None
         self._rank = 0
 
     def reject(self, reason: str, source: str, where: int | str, snippet: bytes | str) -> None:
+        if self.rank_file is not None:
+            raise UnreadableOwnOutput(f"{source} {where}: {reason}: a document its own stage wrote does not read back, and "
+                               "the documents after it would take the wrong index")
         self.stat_update("rejected", f"rejected_{reason}")
         if self._rejected is not None:
             if isinstance(snippet, bytes):
@@ -47,12 +62,20 @@ class RejectingReader(BaseDiskReader):
             return
         with self.rejected_writer if self.rejected_writer else contextlib.nullcontext() as writer:
             self._rejected = writer
-            yield from super().run(data, rank, world_size)
+            if self.rank_file is None:
+                yield from super().run(data, rank, world_size)
+            else:
+                name = self.rank_file.substitute(rank=str(rank).zfill(5))  # as datatrove's writers name it
+                for document in self.read_files_shard([name] if self.data_folder.isfile(name) else []):
+                    self.update_doc_stats(document)
+                    yield document
             self._rejected = None
 
     def read_file(self, filepath: str) -> DocumentsPipeline:
         try:
             yield from self.read_records(filepath)
+        except UnreadableOwnOutput:
+            raise
         except Exception as error:  # noqa: BLE001 - any unreadable file is counted, and the run goes on
             self.reject("unreadable_file", filepath, "file", f"{type(error).__name__}: {error}")
 
