@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from datatrove.executor import LocalPipelineExecutor
-from datatrove.data import Document
+from datatrove.data import Document, DocumentsPipeline
 from datatrove.executor.base import PipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import (
@@ -476,6 +476,18 @@ def _construct(name: str, cls: Callable, params: dict, **injected: Any) -> Any:
         raise UserError(f"steps.{name}: {str(error).splitlines()[0]}") from None
 
 
+class FreshJsonlWriter(JsonlWriter):
+    """A JsonlWriter whose task first deletes the file an interrupted run of the same task left: datatrove opens it
+    only at the first document, so a re-run that kept nothing would leave the old documents there, to be read back
+    by the dedup stage without signatures."""
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        stale = self._get_output_filename(Document(text="", id=""), rank)
+        if self.output_folder.exists(stale):
+            self.output_folder.rm(stale)
+        return super().run(data, rank, world_size)
+
+
 def _minhash_stages(current: Stage, k: int, name: str, params: dict, output: Path, tasks: int,
                     max_doc_chars: int) -> tuple[list[Stage], Stage]:
     """Close the current stage into ``work/stage_k``, add datatrove's MinHash bucket and cluster stages, and open
@@ -486,7 +498,7 @@ def _minhash_stages(current: Stage, k: int, name: str, params: dict, output: Pat
     file rank r wrote, which is what the dedup filter's reader reads at rank r (``rank_file``)."""
     kept_so_far, minhash = output / "work" / f"stage_{k}", output / "work" / f"minhash_{k}"
     config = _construct(name, MinhashConfig, params)
-    writer = JsonlWriter(str(kept_so_far))
+    writer = FreshJsonlWriter(str(kept_so_far))
     signature = MinhashDedupSignature(output_folder=str(minhash / "signatures"), config=config,
                                       language=shared_tokenizer(Languages.english))
     current.pipeline += [writer, signature]
@@ -734,11 +746,6 @@ def collect_stats(stages: list[Stage], output: Path, pipeline: str, source: str,
         if not stage.rows:  # a MinHash bucket/cluster stage: its time goes to the dedup row
             dedup_seconds += sum(_seconds(s) for s in step_stats)
             continue
-        for index, step in enumerate(stage.pipeline[: len(step_stats)]):
-            if isinstance(step, MinhashDedupSignature):  # the signatures, after the stage's writer: its time
-                # covers the steps before it too (it pulls their documents), whose own times are subtracted
-                upstream = sum(_seconds(s) for s in step_stats[:index])
-                dedup_seconds += max(0.0, _seconds(step_stats[index]) - upstream)
         for index, name in stage.rows.items():
             counts = step_stats[index]["stats"] if index < len(step_stats) else {}
             step_seconds = _seconds(step_stats[index]) if index < len(step_stats) else 0.0
@@ -756,6 +763,12 @@ def collect_stats(stages: list[Stage], output: Path, pipeline: str, source: str,
             # steps that only rewrite text (pii) count 'total' but not 'forwarded'
             kept = _count(counts, "forwarded") if "forwarded" in counts else _count(counts, "total") - removed
             rows.append(StepStats(name, _count(counts, "total"), kept, removed, round(step_seconds, 3), by_reason))
+        for index, step in enumerate(stage.pipeline[: len(step_stats)]):  # after the rows: the next dedup's time
+            if isinstance(step, MinhashDedupSignature):  # the signatures, after the stage's writer: its time
+                # covers the steps before it too (it pulls their documents), whose own times are subtracted; the
+                # reads they do not time stay in it
+                upstream = sum(_seconds(s) for s in step_stats[:index])
+                dedup_seconds += max(0.0, _seconds(step_stats[index]) - upstream)
     totals = Totals(rows[0].documents_in, rows[-1].kept, sum(row.removed for row in rows), rows[0].rejected)
     return CurationStats(pipeline, source, str(output), round(seconds, 2), rows, totals)
 

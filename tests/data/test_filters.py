@@ -70,17 +70,19 @@ def test_giant_line_is_skipped_without_reading_it_whole(tmp_path: Path) -> None:
     assert reader.stats["rejected_giant_document"].total == 1
 
 
-def test_a_rank_file_reader_reads_its_ranks_file_and_refuses_to_skip(tmp_path: Path) -> None:
-    """rank r reads the file rank r wrote (none: nothing), never another rank's; a record it could not read is an
-    error, since skipping it would give every later document the wrong index."""
+def test_a_rank_file_reader_reads_its_ranks_file_as_written_and_refuses_to_skip(tmp_path: Path) -> None:
+    """rank r reads the file rank r wrote (none: nothing), never another rank's, and every record as it was written
+    (a blank or long text too: its stage held it); one it could not read is an error, since skipping it would give
+    every later document the wrong index."""
     writer = JsonlWriter(str(tmp_path))
     with writer:
-        for rank in (0, 2):  # rank 1 wrote nothing
-            writer.write(Document(text=f"written at rank {rank}", id=f"r{rank}"), rank)
-    reader = RecordingJsonlReader(str(tmp_path), None, rank_file=writer.output_filename.template)
-    assert [[d.id for d in reader.run(rank=rank, world_size=3)] for rank in range(3)] == [["r0"], [], ["r2"]]
-    (tmp_path / "00000.jsonl.gz").write_bytes(gzip.compress(b'{"text": "   ", "id": "blank"}\n'))
-    with pytest.raises(RuntimeError, match="empty_text: a document its own stage wrote does not read back"):
+        for rank, text in ((0, "   "), (0, "long " * 100), (2, "written at rank 2")):  # rank 1 wrote nothing
+            writer.write(Document(text=text, id=f"r{rank}-{len(text)}"), rank)
+    reader = RecordingJsonlReader(str(tmp_path), None, max_doc_chars=100, rank_file=writer.output_filename.template)
+    read = [[d.text for d in reader.run(rank=rank, world_size=3)] for rank in range(3)]
+    assert read == [["   ", "long " * 100], [], ["written at rank 2"]]
+    (tmp_path / "00000.jsonl.gz").write_bytes(gzip.compress(b'{"text": "a", "id": "a"}\n{broken\n'))
+    with pytest.raises(RuntimeError, match="corrupt_json: a document its own stage wrote does not read back"):
         list(reader.run(rank=0, world_size=3))
 
 

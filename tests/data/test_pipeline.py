@@ -231,7 +231,8 @@ def test_terminal_shows_progress_and_results_and_the_log_file_the_rest(corpus: P
 def test_dedup_pairs_each_task_with_its_own_documents_when_a_task_keeps_nothing(tmp_path: Path) -> None:
     """A task whose documents are all filtered out writes no file. The dedup stage must still read each task's
     own documents with that task's removal list: paired by position in the folder instead, the second task's list
-    would remove the third task's documents and keep the copies."""
+    would remove the third task's documents and keep the copies. Nor may a file an interrupted run of that task
+    left be read back (its documents have no signatures: they would pass the dedup unchecked)."""
     src = tmp_path / "corpus"
     src.mkdir()
     for name, records in {
@@ -243,8 +244,11 @@ def test_dedup_pairs_each_task_with_its_own_documents_when_a_task_keeps_nothing(
     declaration = tmp_path / "small.yaml"
     declaration.write_text(SMALL_PIPELINE)
     out = tmp_path / "out"
+    stale = out / "work" / "stage_1" / "00000.jsonl.gz"  # as an interrupted earlier run of the first task left it
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(gzip.compress(orjson.dumps({"text": PROSE[6], "id": "stale"}) + b"\n"))
     stats = run_pipeline(str(declaration), src, out, workers=1)  # one task per file
-    assert not list((out / "work" / "stage_1").glob("00000*"))  # the first task kept nothing
+    assert not list((out / "work" / "stage_1").glob("00000*"))  # the first task kept nothing, and left nothing
     before = {r["id"] for r in read_gz(out / "work" / "stage_1")}
     kept = {r["id"] for r in read_gz(out / "kept")}
     copies = [{"b0", "b_copy"}, {"c0", "c_copy"}]

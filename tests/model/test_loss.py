@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from slmtrain.model import loss as loss_module
@@ -102,7 +103,8 @@ def test_without_gradients_the_loss_is_the_same() -> None:
 
 
 class LargestTensor(TorchDispatchMode):
-    """The largest tensor (in elements) any operator returns while the mode is active, forward and backward."""
+    """The largest tensor (in elements) any operator allocates while the mode is active, forward and backward: views
+    and in-place results (an output sharing an input's storage) are not allocations."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -110,8 +112,9 @@ class LargestTensor(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = {a.untyped_storage().data_ptr() for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)}
         for tensor in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(tensor, torch.Tensor):
+            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in inputs:
                 self.numel = max(self.numel, tensor.numel())
         return out
 
@@ -126,6 +129,17 @@ def test_the_full_logits_never_exist() -> None:
         F.cross_entropy(hidden @ weight.T, targets).backward()
     assert plain.numel == 64 * 1000
     assert fused.numel == max(8 * 1000, weight.numel())  # one chunk of logits, or the head's gradient
+
+
+def test_without_gradients_none_is_computed() -> None:
+    """Validation (no_grad) computes the loss only: no gradient of the head, though its inputs require one."""
+    hidden = torch.randn(64, 16, requires_grad=True)
+    weight = torch.randn(1000, 16, requires_grad=True)
+    targets = torch.randint(0, 1000, (64,))
+    with torch.no_grad(), LargestTensor() as mode:
+        loss = linear_cross_entropy(hidden, weight, targets, chunk_rows=8)
+    assert mode.numel == 8 * 1000  # one chunk of logits, never a (1000, 16) gradient
+    torch.testing.assert_close(loss, F.cross_entropy(hidden @ weight.T, targets), rtol=1e-6, atol=0)
 
 
 def test_compiled_training_step_equals_eager() -> None:

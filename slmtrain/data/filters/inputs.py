@@ -31,7 +31,9 @@ class RejectingReader(BaseDiskReader):
     ``rank_file``: a datatrove writer's file name template (``${rank}.jsonl.gz``); rank r then reads only the file
     rank r of the writing stage wrote, or nothing where it wrote none, instead of every world_size-th file of the
     folder (which shifts when a rank wrote nothing), so that a document's index is the one it had at that rank.
-    A record that would be rejected there is an error: skipping it would shift the indices of the rest."""
+    Its records are read back as they were written, without the empty and size checks (its stage held each one
+    already, and input read by a reader without those checks may have passed them); one that still cannot be read
+    is an error, since skipping it would shift the indices of the rest."""
 
     def __init__(self, data_folder: str, rejected_writer: DiskWriter | None = None, max_doc_chars: int = 1_000_000,
                  glob_pattern: str | None = None, text_key: str = "text", id_key: str = "id",
@@ -89,9 +91,9 @@ class RejectingReader(BaseDiskReader):
             self.reject("missing_text", filepath, where, orjson.dumps(record)[:SNIPPET_CHARS])
         elif not isinstance(text, str):
             self.reject("text_not_a_string", filepath, where, repr(text))
-        elif not text.strip():
+        elif self.rank_file is None and not text.strip():
             self.reject("empty_text", filepath, where, "")
-        elif len(text) > self.max_doc_chars:
+        elif self.rank_file is None and len(text) > self.max_doc_chars:
             self.reject("giant_document", filepath, where, text)
         else:
             try:
@@ -110,7 +112,8 @@ class RecordingJsonlReader(RejectingReader):
         # 4 bytes per character is the UTF-8 worst case: a longer line is giant whatever it holds
         max_line_bytes = self.max_doc_chars * 4 + 4096
         with self.data_folder.open(filepath, "rb", compression="infer") as f:
-            for line_number, line in enumerate(_bounded_lines(f, max_line_bytes), start=1):
+            lines = f if self.rank_file is not None else _bounded_lines(f, max_line_bytes)
+            for line_number, line in enumerate(lines, start=1):
                 if line is None:
                     self.reject("giant_document", filepath, line_number, b"")
                     continue
