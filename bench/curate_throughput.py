@@ -7,11 +7,11 @@ Measures, in the same run and on the same pages: documents/second of the plain d
 exclusion writers or dedup; lid.176 read locally since the stock LanguageFilter downloads it; task logging to a
 file, as slmtrain does), of slmtrain's
 ``fineweb`` (Trafilatura) and ``fineweb_fast`` (resiliparse) pipelines with everything they do (URL filter, removal
-records, MinHash's signatures, buckets, clusters and filter, PII), alternating the sides over ``rounds``; the overlap of the documents each keeps
-before MinHash (plain datatrove has no dedup) with those plain datatrove keeps; and each model-based filter alone on
-``model_docs`` extracted texts. Plain datatrove's Trafilatura gets the same 30 s time limit as slmtrain's: with its
-1 s default, a loaded machine times out most pages (349 of 399 here at load 9), which makes the reference faster
-and its kept set a matter of load.
+records, MinHash's signatures, buckets, clusters and filter, PII), alternating the sides over ``rounds``; the
+overlap of the documents each keeps before MinHash (plain datatrove has no dedup) with those plain datatrove
+keeps; and each model-based filter alone on ``model_docs`` extracted texts. Plain datatrove's Trafilatura gets
+the same 30 s time limit as slmtrain's: with its 1 s default, a loaded machine times out most pages (349 of 399
+here at load 9), which makes the reference faster and its kept set a matter of load.
 """
 
 from __future__ import annotations

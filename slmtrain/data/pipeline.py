@@ -494,8 +494,9 @@ def _minhash_stages(current: Stage, k: int, name: str, params: dict, output: Pat
     the next stage with the dedup filter over what the current one kept.
 
     The signatures are computed in the current stage, right after its documents are written, rather than in a stage
-    of their own that reads them back: no pool of workers starts only to read, parse and import spaCy again. Rank r's document indices are then those of the
-    file rank r wrote, which is what the dedup filter's reader reads at rank r (``rank_file``)."""
+    of their own that reads them back: no pool of workers starts only to read, parse and import spaCy again. Rank
+    r's document indices are then those of the file rank r wrote, which is what the dedup filter's reader reads at
+    rank r (``rank_file``)."""
     kept_so_far, minhash = output / "work" / f"stage_{k}", output / "work" / f"minhash_{k}"
     config = _construct(name, MinhashConfig, params)
     writer = FreshJsonlWriter(str(kept_so_far))

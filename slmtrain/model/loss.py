@@ -37,7 +37,8 @@ def linear_cross_entropy(
     rows = chunk_rows or max(1, CHUNK_LOGITS // weight.shape[0])
     if not torch.is_grad_enabled():  # validation: the Function would still see inputs that require gradients
         with torch.autocast(device_type, enabled=False):
-            return _loss_and_gradients(hidden, weight, targets, compute_dtype, ignore_index, rows, False, False)[0]
+            return _loss_and_gradients(hidden, weight, targets, compute_dtype, ignore_index, rows,
+                                       need_hidden_grad=False, need_weight_grad=False)[0]
     return _LinearCrossEntropy.apply(hidden, weight, targets, compute_dtype, ignore_index, rows)
 
 

@@ -227,7 +227,6 @@ def test_terminal_shows_progress_and_results_and_the_log_file_the_rest(corpus: P
     assert verbose.returncode == 0 and "Launching pipeline for rank=1" in verbose.stderr
 
 
-
 def test_dedup_pairs_each_task_with_its_own_documents_when_a_task_keeps_nothing(tmp_path: Path) -> None:
     """A task whose documents are all filtered out writes no file. The dedup stage must still read each task's
     own documents with that task's removal list: paired by position in the folder instead, the second task's list
@@ -237,8 +236,10 @@ def test_dedup_pairs_each_task_with_its_own_documents_when_a_task_keeps_nothing(
     src.mkdir()
     for name, records in {
         "a.jsonl": [{"text": stub, "id": f"stub{i}"} for i, stub in enumerate(STUBS)],  # every one removed
-        "b.jsonl": [{"text": t, "id": f"b{i}"} for i, t in enumerate(PROSE[:6])] + [{"text": PROSE[0], "id": "b_copy"}],
-        "c.jsonl": [{"text": t, "id": f"c{i}"} for i, t in enumerate(PROSE[6:12])] + [{"text": PROSE[6], "id": "c_copy"}],
+        "b.jsonl": [{"text": t, "id": f"b{i}"} for i, t in enumerate(PROSE[:6])]
+        + [{"text": PROSE[0], "id": "b_copy"}],
+        "c.jsonl": [{"text": t, "id": f"c{i}"} for i, t in enumerate(PROSE[6:12])]
+        + [{"text": PROSE[6], "id": "c_copy"}],
     }.items():
         (src / name).write_bytes(b"\n".join(orjson.dumps(r) for r in records) + b"\n")
     declaration = tmp_path / "small.yaml"

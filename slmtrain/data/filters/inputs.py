@@ -47,8 +47,8 @@ class RejectingReader(BaseDiskReader):
 
     def reject(self, reason: str, source: str, where: int | str, snippet: bytes | str) -> None:
         if self.rank_file is not None:
-            raise UnreadableOwnOutput(f"{source} {where}: {reason}: a document its own stage wrote does not read back, and "
-                               "the documents after it would take the wrong index")
+            raise UnreadableOwnOutput(f"{source} {where}: {reason}: a document its own stage wrote does not read "
+                                      "back, and the documents after it would take the wrong index")
         self.stat_update("rejected", f"rejected_{reason}")
         if self._rejected is not None:
             if isinstance(snippet, bytes):
