@@ -16,8 +16,9 @@ IGNORE_INDEX = -100  # targets with this value add nothing to the loss (prompt t
 
 # Rows per chunk x vocabulary: 3 x 2^23 fp32 logits (96 MiB) per chunk, 196 rows at a 128k vocabulary. Every chunk
 # re-reads the head and updates its whole gradient, so too few rows cost speed; more gained nothing. Measured with
-# bench/train_step.py at 128k (CPU, one thread): 1.41x transformers' tokens/s at 0.56x its peak memory; 2^25 logits
-# (261 rows) 1.41x at 0.57x; 32 rows ran 1.5-2x slower than the plain path.
+# bench/train_step.py at 128k (CPU, one thread, the chunk buffers reused): 1.37x transformers' tokens/s at 0.54x its
+# peak memory; slmtrain alone at 2^24 logits (130 rows) ran at 1.02x this size's tokens/s, at 2^25 (261 rows) 0.88x;
+# 32 rows (before the reuse) 1.5-2x slower than the plain path.
 CHUNK_LOGITS = 3 * 2**23
 
 
@@ -89,10 +90,16 @@ def _loss_and_gradients(
     total = torch.zeros((), device=hidden.device, dtype=torch.float32)
     grad_hidden = torch.empty_like(hidden) if need_hidden_grad else None
     grad_weight = torch.zeros_like(weight) if need_weight_grad else None
+    # One set of (rows, vocab) buffers for every chunk: fresh ones per chunk cost a page fault per 4 KiB touched on
+    # CPU (glibc returns large blocks to the OS when they are freed), a quarter of the step at a 128k vocabulary.
+    buffer_rows = min(chunk_rows, hidden.shape[0])
+    logits_f32 = hidden.new_empty((buffer_rows, w.shape[0]), dtype=torch.float32)
+    logits_low = logits_f32 if compute_dtype == torch.float32 else torch.empty_like(logits_f32, dtype=compute_dtype)
     for start in range(0, hidden.shape[0], chunk_rows):
         rows = slice(start, start + chunk_rows)
-        total += _chunk(hidden[rows].to(compute_dtype), w, safe_targets[rows], valid[rows], count,
-                        None if grad_hidden is None else grad_hidden[rows], grad_weight)
+        h = hidden[rows].to(compute_dtype)
+        total += _chunk(h, w, safe_targets[rows], valid[rows], count, logits_low[: h.shape[0]],
+                        logits_f32[: h.shape[0]], None if grad_hidden is None else grad_hidden[rows], grad_weight)
     return total / count, grad_hidden, grad_weight
 
 
@@ -102,12 +109,17 @@ def _chunk(
     targets: torch.Tensor,
     valid: torch.Tensor,
     count: torch.Tensor,
+    logits_low: torch.Tensor,
+    logits: torch.Tensor,
     grad_hidden: torch.Tensor | None,
     grad_weight: torch.Tensor | None,
 ) -> torch.Tensor:
-    """One chunk's summed loss; its gradients written into grad_hidden (its rows) and added to grad_weight. A
-    function of its own so that the chunk's (rows, vocab) buffers are gone before the next chunk's exist."""
-    logits = (h @ w.T).float()
+    """One chunk's summed loss; its gradients written into grad_hidden (its rows) and added to grad_weight.
+    ``logits_low`` (compute dtype) and ``logits`` (fp32; the same tensor when the compute dtype is fp32) are the
+    chunk's (rows, vocab) buffers, overwritten here; nothing of that size is allocated."""
+    torch.mm(h, w.T, out=logits_low)
+    if logits is not logits_low:
+        logits.copy_(logits_low)
     target_logits = logits.gather(1, targets[:, None]).squeeze(1)
     # logsumexp by hand, in place: the logits become exp(logit - max), the softmax's numerators, with no second
     # (rows, vocab) buffer and one exp pass for both the loss and its gradient
@@ -120,7 +132,7 @@ def _chunk(
     scale = (valid / count)[:, None]
     grad_logits_f32 = logits.mul_(scale / sum_exp)
     grad_logits_f32.scatter_add_(1, targets[:, None], -scale)
-    grad_logits = grad_logits_f32.to(w.dtype)
+    grad_logits = logits_low.copy_(grad_logits_f32)  # a no-op when both are the one fp32 buffer
     if grad_hidden is not None:
         grad_hidden.copy_(grad_logits @ w)
     if grad_weight is not None:
