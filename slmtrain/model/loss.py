@@ -118,8 +118,7 @@ def _chunk(
     ``logits_low`` (compute dtype) and ``logits`` (fp32; the same tensor when the compute dtype is fp32) are the
     chunk's (rows, vocab) buffers, overwritten here; nothing of that size is allocated."""
     torch.mm(h, w.T, out=logits_low)
-    if logits is not logits_low:
-        logits.copy_(logits_low)
+    logits.copy_(logits_low)  # copy_ returns at once when both are views of the same fp32 memory
     target_logits = logits.gather(1, targets[:, None]).squeeze(1)
     # logsumexp by hand, in place: the logits become exp(logit - max), the softmax's numerators, with no second
     # (rows, vocab) buffer and one exp pass for both the loss and its gradient
@@ -132,7 +131,7 @@ def _chunk(
     scale = (valid / count)[:, None]
     grad_logits_f32 = logits.mul_(scale / sum_exp)
     grad_logits_f32.scatter_add_(1, targets[:, None], -scale)
-    grad_logits = logits_low.copy_(grad_logits_f32)  # a no-op when both are the one fp32 buffer
+    grad_logits = logits_low.copy_(grad_logits_f32)  # again no copy in fp32
     if grad_hidden is not None:
         grad_hidden.copy_(grad_logits @ w)
     if grad_weight is not None:
