@@ -278,9 +278,7 @@ def cli_main(fn: Callable[[list[str]], int | None], *options: type | str, doc: s
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         except OSError as e:  # a path that cannot be read or written: the path and the reason, as cp would say
-            if e.filename is None:
-                raise
-            print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+            print(f"error: {e.filename}: {e.strerror or e}" if e.filename else f"error: {e}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

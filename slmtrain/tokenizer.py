@@ -79,14 +79,18 @@ class Tokenizer:
 
     def __init__(self, model_file: Path):
         self.model_file = Path(model_file)
-        self.processor = spm.SentencePieceProcessor(model_file=str(self.model_file))
+        try:
+            self.processor = spm.SentencePieceProcessor(model_file=str(self.model_file))
+        except (RuntimeError, OSError) as e:  # sentencepiece's "could not parse ModelProto"
+            raise UserError(f"{self.model_file}: not a readable SentencePiece model ({e}); train the tokenizer "
+                            "again") from None
         self.sha256 = hashlib.sha256(self.model_file.read_bytes()).hexdigest()
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
         model_file = Path(directory) / MODEL_FILE
         if not model_file.is_file():
-            raise FileNotFoundError(f"no trained tokenizer: {model_file} does not exist")
+            raise UserError(f"no trained tokenizer: {model_file} does not exist")
         return cls(model_file)
 
     @property

@@ -31,12 +31,14 @@ from typing import Any
 import numpy as np
 import orjson
 
-from slmtrain.config import ConfigError, UserError, require, to_dict
-from slmtrain.tokenizer import MODEL_FILE, SPEC_FILE, Tokenizer, load_spec, train_tokenizer
+from slmtrain.config import ConfigError, UserError, declared_names, require, to_dict
+from slmtrain.tokenizer import MODEL_FILE, SPEC_FILE, TOKENIZERS_DIR, Tokenizer, load_spec, train_tokenizer
 
 SPLITS = ("train", "val")
 INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 META_FILE = "meta.json"
+SHARDS_FORMAT = "slmtrain-shards/1"
+META_KEYS = ("tokenizer_sha256", "tokenizer_model", "vocab_size", "dtype", "eos_id", "splits")  # what readers need
 ENCODE_BATCH_DOCS = 256
 VERIFY_CHUNK_TOKENS = 1 << 24
 
@@ -76,7 +78,7 @@ def find_input_files(path: str | Path) -> list[Path]:
     """A file, or every *.jsonl / *.jsonl.gz / *.parquet under a folder (under ``kept/`` for a curation output)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"input not found: {path}")
+        raise UserError(f"input not found: {path}")
     if path.is_file():
         return [path]
     root = path / "kept" if (path / "kept").is_dir() else path
@@ -108,15 +110,36 @@ def read_texts(file: Path, counts: InputCounts) -> Iterator[str]:
 
 def _jsonl_texts(file: Path, counts: InputCounts) -> Iterator[Any]:
     with (gzip.open(file, "rb") if file.name.endswith(".gz") else open(file, "rb")) as lines:
-        for line in lines:
+        for number, line in enumerate(lines):
+            if number == 0:
+                line = line.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark, as some editors write
             if not line.strip():
                 continue
-            try:
-                record = orjson.loads(line)  # rejects invalid UTF-8 as well as bad JSON
-            except orjson.JSONDecodeError:
+            record = _json_record(line)
+            if record is _CORRUPT:
                 counts.corrupt_lines += 1
                 continue
             yield record.get("text") if isinstance(record, dict) else None
+
+
+_CORRUPT = object()
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_record(line: bytes) -> Any:
+    """The line's JSON value, or _CORRUPT. orjson first (fast; it rejects invalid UTF-8 too); Python's json for what
+    only orjson refuses, integers wider than 64 bits, still without NaN/Infinity, which are not JSON."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return _CORRUPT
 
 
 def _parquet_texts(file: Path) -> Iterator[Any]:
@@ -156,6 +179,7 @@ class _ShardJob:
     output: Path
     val_fraction: float
     tokenizer_sha256: str
+    token_bytes: int
 
     @property
     def name(self) -> str:
@@ -173,10 +197,21 @@ class _ShardJob:
                 "tokenizer_sha256": self.tokenizer_sha256}
 
     def finished_record(self) -> dict[str, Any] | None:
-        if not self.done_file.is_file():
+        """The done record when it is readable, for this input and tokenizer, and its shard files are there at the
+        sizes it records; otherwise None, and the file is encoded again."""
+        try:
+            record = json.loads(self.done_file.read_text())
+            if record["fingerprint"] != self.fingerprint():
+                return None
+            for split in SPLITS:
+                tokens = record["splits"][split]["tokens"]
+                bin_file = self.output / split / f"{self.name}.bin"
+                if tokens and not (bin_file.is_file() and bin_file.stat().st_size == tokens * self.token_bytes
+                                   and bin_file.with_name(f"{self.name}.idx.npy").is_file()):
+                    return None
+            return record
+        except (OSError, ValueError, KeyError, TypeError):  # missing, or an unreadable record: not finished
             return None
-        record = json.loads(self.done_file.read_text())
-        return record if record.get("fingerprint") == self.fingerprint() else None
 
 
 class _SplitWriter:
@@ -255,7 +290,8 @@ def write_shards(tokenizer: Tokenizer, files: list[Path], output: Path, workers:
     require(0.0 <= val_fraction < 1.0, "val_fraction", "must be in [0, 1)")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    jobs = [_ShardJob(file, output, val_fraction, tokenizer.sha256) for file in files]
+    token_bytes = token_dtype(tokenizer.vocab_size).itemsize
+    jobs = [_ShardJob(file, output, val_fraction, tokenizer.sha256, token_bytes) for file in files]
     if len({job.name for job in jobs}) != len(jobs):
         raise UserError("two input files map to the same shard name")
     records = {job.name: job.finished_record() for job in jobs}
@@ -273,6 +309,12 @@ def write_shards(tokenizer: Tokenizer, files: list[Path], output: Path, workers:
     seconds = time.perf_counter() - started
     new_tokens = sum(records[job.name]["splits"][s]["tokens"] for job in todo for s in SPLITS)
     meta = _build_meta(tokenizer, jobs, records, val_fraction)
+    if meta["input"]["documents"] == 0:  # shards of nothing would fail only later, in training
+        counts = meta["input"]
+        raise UserError(f"no documents to tokenize in {len(files)} input file(s): {counts['corrupt_lines']} corrupt "
+                        f"lines, {counts['missing_text']} without text, {counts['empty_text']} empty, "
+                        f"{len(counts['unreadable'])} unreadable files{': ' if counts['unreadable'] else ''}"
+                        f"{'; '.join(counts['unreadable'][:3])}")
     partial = output / f"{META_FILE}.partial"
     partial.write_text(json.dumps(meta, indent=1))
     partial.replace(output / META_FILE)
@@ -294,7 +336,7 @@ def _build_meta(tokenizer: Tokenizer, jobs: list[_ShardJob], records: dict[str, 
                          "shards": shards}
     for job in jobs:
         counts.add(InputCounts(**records[job.name]["input"]))
-    return {"format": "slmtrain-shards/1", "tokenizer_sha256": tokenizer.sha256,
+    return {"format": SHARDS_FORMAT, "tokenizer_sha256": tokenizer.sha256,
             "tokenizer_model": str(tokenizer.model_file.resolve()), "vocab_size": tokenizer.vocab_size,
             "dtype": token_dtype(tokenizer.vocab_size).name, "eos_id": tokenizer.eos_id, "bos_id": tokenizer.bos_id,
             "val_fraction": val_fraction, "splits": splits, "input": counts.as_dict(),
@@ -315,18 +357,30 @@ def prepare_shards(tokenizer: str | Path, input: str | Path, output: str | Path,
         folder = trained_folder
     else:
         folder = Path(tokenizer_dir) if tokenizer_dir else Path(output) / "tokenizer"
+    if (trained_folder.is_dir() and not (trained_folder / MODEL_FILE).is_file()
+            and str(tokenizer) not in declared_names(TOKENIZERS_DIR)):
+        raise UserError(f"tokenizer={tokenizer}: a folder without {MODEL_FILE}, so not a trained tokenizer; give a "
+                        "trained tokenizer's folder, a spec name (tokenizers/NAME.yaml) or a spec .yaml file")
     trained = retrain or not (folder / MODEL_FILE).is_file()
     if trained:
         spec = load_spec(tokenizer)
         train_tokenizer(spec, iter_corpus(files), folder)
-    elif folder != trained_folder and (folder / SPEC_FILE).is_file():
-        # A tokenizer trained from an earlier version of the spec would silently disagree with the spec's file.
-        saved = json.loads((folder / SPEC_FILE).read_text())["spec"]
-        if saved != to_dict(load_spec(tokenizer)):
-            raise UserError(f"{folder} was trained from a different {Path(str(tokenizer)).stem} spec: "
-                            "pass retrain=true to train it again (shards written with the old one stay valid)")
+    elif folder != trained_folder:
+        # A tokenizer trained from another spec (or an earlier version of it) would silently disagree with it.
+        if _saved_spec(folder) != to_dict(load_spec(tokenizer)):
+            raise UserError(f"{folder} holds a tokenizer not trained from the {Path(str(tokenizer)).stem} spec: "
+                            "pass retrain=true to train it again (shards written with the old one must then be "
+                            "written again: training refuses them)")
     stats = write_shards(Tokenizer.load(folder), files, Path(output), workers, val_fraction)
     return {**stats, "tokenizer_dir": str(folder), "tokenizer_trained": trained}
+
+
+def _saved_spec(folder: Path) -> dict[str, Any] | None:
+    """The spec a tokenizer folder was trained from (its spec.json), or None when it records none readably."""
+    try:
+        return json.loads((folder / SPEC_FILE).read_text())["spec"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -363,10 +417,32 @@ class TokenSplit:
 
 
 def load_meta(shards_dir: str | Path) -> dict[str, Any]:
+    """A shards folder's meta.json, checked for the fields every reader relies on."""
     meta_file = Path(shards_dir) / META_FILE
     if not meta_file.is_file():
-        raise FileNotFoundError(f"{meta_file} not found: not a finished shards folder (run launch/tokenize_data.py)")
-    return json.loads(meta_file.read_text())
+        raise UserError(f"{meta_file} not found: not a finished shards folder (run launch/tokenize_data.py)")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{meta_file}: unreadable ({e}); write the shards again") from None
+    missing = [key for key in META_KEYS if key not in meta] if isinstance(meta, dict) else list(META_KEYS)
+    if missing or meta.get("format") != SHARDS_FORMAT or meta["dtype"] not in ("uint16", "uint32"):
+        what = f"missing {', '.join(missing)}" if missing else f"format {meta.get('format')!r}, dtype {meta['dtype']!r}"
+        raise UserError(f"{meta_file}: not a {SHARDS_FORMAT} meta.json ({what}); write the shards again")
+    return meta
+
+
+def shards_tokenizer(meta: dict[str, Any], shards_dir: str | Path) -> Tokenizer:
+    """The tokenizer the shards were written with: the file meta.json names, refused unless its sha256 is still the
+    one recorded (a tokenizer folder trained again since would decode, and train, the ids as other text)."""
+    model_file = Path(meta["tokenizer_model"])
+    if not model_file.is_file():
+        raise UserError(f"{shards_dir}/{META_FILE} names tokenizer {model_file}, which does not exist")
+    tokenizer = Tokenizer(model_file)
+    if tokenizer.sha256 != meta["tokenizer_sha256"]:
+        raise UserError(f"{model_file} changed after {shards_dir} was written with it (sha256 {tokenizer.sha256[:12]}, "
+                        f"recorded {meta['tokenizer_sha256'][:12]}; trained again?): write the shards again")
+    return tokenizer
 
 
 def open_split(shards_dir: str | Path, split: str) -> TokenSplit:
@@ -385,9 +461,15 @@ def open_split(shards_dir: str | Path, split: str) -> TokenSplit:
             raise UserError(f"{bin_file}: token id {shard['max_id']} >= vocab_size {vocab_size}")
         if not bin_file.is_file() or bin_file.stat().st_size != shard["tokens"] * dtype.itemsize:
             raise UserError(f"{bin_file}: missing or not {shard['tokens']} {dtype.name} tokens as meta.json says")
-        boundaries = np.load(shards_dir / split / f"{shard['name']}.idx.npy")
-        if len(boundaries) != shard["docs"] + 1 or boundaries[0] != 0 or boundaries[-1] != shard["tokens"]:
-            raise UserError(f"{bin_file}: document index does not match meta.json")
+        idx_file = shards_dir / split / f"{shard['name']}.idx.npy"
+        try:
+            boundaries = np.load(idx_file)
+        except (OSError, ValueError, EOFError) as e:
+            raise UserError(f"{idx_file}: unreadable document index ({e})") from None
+        # every document holds at least its EOS, so the boundaries rise strictly from 0 to the token count
+        if (boundaries.dtype != np.int64 or boundaries.ndim != 1 or len(boundaries) != shard["docs"] + 1
+                or boundaries[0] != 0 or boundaries[-1] != shard["tokens"] or np.any(np.diff(boundaries) < 1)):
+            raise UserError(f"{idx_file}: document index does not match meta.json")
         tokens.append(np.memmap(bin_file, dtype=dtype, mode="r"))
         doc_starts.append(boundaries[:-1] + shard_starts[-1])
         shard_starts.append(shard_starts[-1] + shard["tokens"])

@@ -122,15 +122,14 @@ def perplexity_of_shards(model: Transformer, shards_dir: str | Path, split: str 
     """Perplexity of the documents of a shards split (each ends with EOS; the EOS prediction is scored, it is part
     of what the model learned). Bytes come from decoding the ids with ``tokenizer``, else with the tokenizer the
     shards were written with when its file is still there; otherwise bits per byte are left out."""
-    from slmtrain.data.shards import open_split
-    from slmtrain.tokenizer import Tokenizer
+    from slmtrain.data.shards import open_split, shards_tokenizer
 
     data = open_split(shards_dir, split)
     if data.vocab_size > model.config.vocab_size:
         raise UserError(f"shards use {data.vocab_size} token ids but the model has vocab_size "
                         f"{model.config.vocab_size}")
-    if tokenizer is None and Path(data.meta.get("tokenizer_model", "")).is_file():
-        tokenizer = Tokenizer(Path(data.meta["tokenizer_model"]))
+    if tokenizer is None and Path(data.meta["tokenizer_model"]).is_file():
+        tokenizer = shards_tokenizer(data.meta, shards_dir)  # refused when trained again since
     ends = [*map(int, data.doc_starts[1:]), len(data)]
     result = PerplexityResult(nll_nats=0.0, tokens=0, bytes=0 if tokenizer is not None else None, documents=0)
     for start, end in zip(map(int, data.doc_starts), ends):

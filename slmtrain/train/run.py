@@ -233,8 +233,11 @@ RESUMABLE_CHANGES = {
 def refuse_changed_settings(config: TrainConfig, run_dir: Path) -> None:
     """Resuming with other schedule-, data- or model-affecting settings would silently train something else."""
     saved_path = run_dir / TRAIN_CONFIG
-    if config.resume_with_changes or not saved_path.is_file():
+    if config.resume_with_changes:
         return
+    if not saved_path.is_file():
+        raise UserError(f"{saved_path} is missing, so the resumed run's settings cannot be checked: restore it, or "
+                        "pass resume_with_changes=true to resume with the settings given now")
     saved, current = _flatten(json.loads(saved_path.read_text())), _flatten(dataclasses.asdict(config))
     changed = sorted(k for k in saved.keys() | current.keys()
                      if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
@@ -258,15 +261,17 @@ def write_run_identity(config: TrainConfig, meta: dict[str, Any], run_dir: Path,
                        resumed: bool) -> None:
     """What makes RUN_DIR self-contained: the resolved config, the plan, and a copy of the shards' tokenizer with
     the special ids the model trains with. A resumed run checks that the shards use the run's tokenizer."""
-    folder = run_dir / RUN_TOKENIZER
-    source = Path(meta["tokenizer_model"])
-    if resumed and (folder / source.name).is_file():
-        from slmtrain.tokenizer import Tokenizer
+    from slmtrain.data.shards import shards_tokenizer
+    from slmtrain.tokenizer import MODEL_FILE, Tokenizer
 
+    folder = run_dir / RUN_TOKENIZER
+    source = shards_tokenizer(meta, config.data.shards).model_file  # refused when missing or changed since
+    if resumed:
+        if not (folder / MODEL_FILE).is_file():
+            raise UserError(f"{folder / MODEL_FILE} is missing, so the shards cannot be checked against the run's "
+                            "tokenizer: restore the run's tokenizer folder")
         if Tokenizer.load(folder).sha256 != meta["tokenizer_sha256"]:
             raise UserError(f"{config.data.shards} was tokenized with another tokenizer than the run's ({folder})")
-    if not source.is_file():
-        raise UserError(f"{config.data.shards}/meta.json names tokenizer {source}, which does not exist")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         folder.mkdir(exist_ok=True)

@@ -20,8 +20,8 @@ from slmtrain.config import UserError
 from tests.output import diagnostics
 from tests.paths import REPO_ROOT
 from slmtrain.data.shards import (
-    InputCounts, _SplitWriter, find_input_files, is_val_document, open_datatrove, open_split, prepare_shards,
-    read_texts, token_dtype, verify_split, write_shards,
+    InputCounts, _SplitWriter, find_input_files, is_val_document, load_meta, open_datatrove, open_split,
+    prepare_shards, read_texts, shards_tokenizer, token_dtype, verify_split, write_shards,
 )
 from slmtrain.tokenizer import Tokenizer, TokenizerSpec, train_tokenizer
 
@@ -121,6 +121,12 @@ def test_rerun_skips_finished_shards(tokenizer: Tokenizer, curated: Path, tmp_pa
     assert third["input"]["documents"] == 10 + len(DOCS[1::3]) + len(DOCS[2::3])
     # Another val_fraction changes every shard.
     assert write_shards(tokenizer, files, tmp_path, val_fraction=0.2)["shards_written"] == 3
+    # A done record is trusted only with its files there at their sizes, and only when it can be read.
+    next(iter((tmp_path / "train").glob("a-*.bin"))).unlink()
+    next(iter((tmp_path / "done").glob("b-*.json"))).write_text('{"fingerprint": ')
+    fourth = write_shards(tokenizer, files, tmp_path, val_fraction=0.2)
+    assert (fourth["shards_written"], fourth["shards_skipped"]) == (2, 1)
+    verify_split(open_split(tmp_path, "train"))
 
 
 def test_out_of_vocab_and_truncated_shards_are_detected(tokenizer: Tokenizer, curated: Path, tmp_path: Path) -> None:
@@ -139,11 +145,26 @@ def test_out_of_vocab_and_truncated_shards_are_detected(tokenizer: Tokenizer, cu
         open_split(tmp_path, "train")  # the cheap check on open, from the recorded maximum
     meta["splits"]["train"]["shards"][0]["max_id"] = 999
     meta_file.write_text(json.dumps(meta))
-    shard.write_bytes(shard.read_bytes()[:-2])
+    intact = shard.read_bytes()
+    shard.write_bytes(intact[:-2])
     with pytest.raises(UserError, match="missing or not"):
         open_split(tmp_path, "train")
-    with pytest.raises(FileNotFoundError, match="not a finished shards folder"):
+    shard.write_bytes(intact)
+    with pytest.raises(UserError, match="not a finished shards folder"):
         open_split(tmp_path / "train", "train")
+    index = shard.with_name(shard.name.replace(".bin", ".idx.npy"))
+    boundaries = np.load(index)
+    np.save(index, boundaries[[0, 2, 1, *range(3, len(boundaries))]])  # two documents swapped: not rising
+    with pytest.raises(UserError, match="document index does not match"):
+        open_split(tmp_path, "train")
+    index.write_bytes(b"garbage")
+    with pytest.raises(UserError, match="unreadable document index"):
+        open_split(tmp_path, "train")
+    for broken, reason in [("{", "unreadable"), ("{}", "missing tokenizer_sha256"),
+                           (json.dumps({**meta, "dtype": "blah"}), "dtype 'blah'")]:
+        meta_file.write_text(broken)
+        with pytest.raises(UserError, match=f"meta.json: .*{reason}"):
+            open_split(tmp_path, "train")
 
 
 def test_bad_input_is_counted_and_the_rest_kept(tokenizer: Tokenizer, tmp_path: Path) -> None:
@@ -165,10 +186,21 @@ def test_bad_input_is_counted_and_the_rest_kept(tokenizer: Tokenizer, tmp_path: 
     assert counts.documents == len(texts)
     stats = write_shards(tokenizer, find_input_files(tmp_path / "in"), tmp_path / "out", val_fraction=0.0)
     assert stats["input"]["corrupt_lines"] == 2 and stats["train"]["docs"] == len(texts)
+    lenient = tmp_path / "lenient" / "x.jsonl"
+    lenient.parent.mkdir()
+    lenient.write_bytes(b'\xef\xbb\xbf{"text": "after a BOM"}\n{"text": "a wide id", "id": 1' + b"0" * 30
+                        + b'}\n{"text": "NaN is no JSON", "x": NaN}\n')
+    counts = InputCounts()
+    assert list(read_texts(lenient, counts)) == ["after a BOM", "a wide id"] and counts.corrupt_lines == 1
+    nothing = tmp_path / "nothing" / "x.jsonl"
+    nothing.parent.mkdir()
+    nothing.write_bytes(b'{"text": "  "}\nnot json\n')
+    with pytest.raises(UserError, match="no documents to tokenize in 1 input file.*1 corrupt lines.*1 empty"):
+        write_shards(tokenizer, [nothing], tmp_path / "out_nothing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no \\*.jsonl"):
         find_input_files(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UserError, match="input not found"):
         find_input_files(tmp_path / "missing")
 
 
@@ -182,9 +214,19 @@ def test_prepare_shards_trains_once_then_reuses(curated: Path, tmp_path: Path) -
     assert not second["tokenizer_trained"] and second["shards_skipped"] == 3
     assert open_split(tmp_path / "out", "val").meta["val_fraction"] == 0.05
     spec.write_text("vocab_size: 900\nsample_sentences: 5000\n")  # the spec changed since training
-    with pytest.raises(UserError, match="trained from a different tiny spec: pass retrain=true"):
+    with pytest.raises(UserError, match="not trained from the tiny spec: pass retrain=true"):
         prepare_shards(output=tmp_path / "out2", **common)
     assert prepare_shards(output=tmp_path / "out2", retrain=True, **common)["tokenizer_trained"]
+    # The shards written with the folder's old tokenizer are refused now, not decoded (or trained on) as other text.
+    assert shards_tokenizer(load_meta(tmp_path / "out2"), tmp_path / "out2").vocab_size == 900
+    with pytest.raises(UserError, match="changed after .*out was written with it"):
+        shards_tokenizer(load_meta(tmp_path / "out"), tmp_path / "out")
+    (tmp_path / "tok" / "spec.json").unlink()  # a tokenizer that records no spec is not taken for this spec's
+    with pytest.raises(UserError, match="not trained from the tiny spec"):
+        prepare_shards(output=tmp_path / "out3", **common)
+    (tmp_path / "no_model").mkdir()
+    with pytest.raises(UserError, match="a folder without tokenizer.model"):
+        prepare_shards(tmp_path / "no_model", curated, tmp_path / "out4")
 
 
 def test_launch_script(curated: Path, tmp_path: Path) -> None:
@@ -199,6 +241,9 @@ def test_launch_script(curated: Path, tmp_path: Path) -> None:
     assert open_split(tmp_path / "out", "train").meta["input"]["documents"] == len(DOCS)
     bad = subprocess.run([*command[:2], "tokenizer=demo"], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and diagnostics(bad.stderr).startswith("error: input: required")
+    missing = subprocess.run([*command[:3], f"input={tmp_path / 'nowhere'}", f"output={tmp_path / 'out2'}"],
+                             capture_output=True, text=True, env=env, timeout=60)
+    assert missing.returncode == 2 and diagnostics(missing.stderr) == f"error: input not found: {tmp_path / 'nowhere'}\n"
 
 
 def test_reads_datatrove_tokenized_output(tokenizer: Tokenizer, curated: Path, tmp_path: Path) -> None:

@@ -112,8 +112,12 @@ def test_hf_export_encodes_identically(tokenizer: Tokenizer, tmp_path: Path) -> 
 
 
 def test_missing_or_empty_input_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no trained tokenizer"):
+    with pytest.raises(UserError, match="no trained tokenizer"):
         Tokenizer.load(tmp_path)
+    (tmp_path / "tokenizer.model").write_bytes(b"not a sentencepiece model")
+    with pytest.raises(UserError, match="tokenizer.model: not a readable SentencePiece model"):
+        Tokenizer.load(tmp_path)
+    (tmp_path / "tokenizer.model").unlink()
     with pytest.raises(UserError, match="no text to train"):
         train_tokenizer(TokenizerSpec(vocab_size=500), ["", "  \n "], tmp_path)
     with pytest.raises(ConfigError, match="vocab_size: sentencepiece training failed"):

@@ -89,7 +89,7 @@ def write_shards(folder, documents: list[list[int]]) -> None:
     np.save(folder / "val" / "a.idx.npy", bounds.astype(np.int64))
     shard = {"name": "a", "tokens": len(flat), "docs": len(documents), "max_id": max(flat)}
     meta = {"format": "slmtrain-shards/1", "vocab_size": 258, "dtype": "uint16", "eos_id": EOS, "bos_id": BOS,
-            "tokenizer_model": str(folder / "absent.model"),
+            "tokenizer_model": str(folder / "absent.model"), "tokenizer_sha256": "0" * 64,
             "splits": {"val": {"tokens": len(flat), "docs": len(documents), "shards": [shard]}}}
     (folder / "meta.json").write_text(json.dumps(meta))
 

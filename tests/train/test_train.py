@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -303,6 +304,46 @@ def test_resume_with_other_schedule_settings_is_refused(shards, tmp_path):
     changed = tiny_recipe(shards, run_dir, budget__tokens=512 * 8, export_hf=False, samples=0, resume_with_changes=True,
                           log_every_n_steps=2)
     assert train(changed, resume=True)["steps"] == 8
+
+
+def test_a_resume_missing_the_runs_config_or_tokenizer_is_refused(shards, tmp_path):
+    """Without train_config.json or the run's tokenizer the resume could not be checked: refused, not let through."""
+    run_dir = tmp_path / "run"
+    short = dict(budget__tokens=512 * 4, export_hf=False, samples=0)
+    train(tiny_recipe(shards, run_dir, **short))
+    saved = (run_dir / "train_config.json").read_bytes()
+    (run_dir / "train_config.json").unlink()
+    with pytest.raises(UserError, match="train_config.json is missing"):
+        train(tiny_recipe(shards, run_dir, **short, optim__lr=0.05), resume=True)
+    (run_dir / "train_config.json").write_bytes(saved)
+    (run_dir / "tokenizer" / "tokenizer.model").unlink()
+    with pytest.raises(UserError, match="tokenizer.model is missing"):
+        train(tiny_recipe(shards, run_dir, **short), resume=True)
+
+
+def test_shards_whose_tokenizer_changed_or_whose_ids_are_corrupt_are_refused(shards, tmp_path):
+    """A tokenizer file trained again after the shards were written, or an id beyond the vocabulary written over a
+    shard, stops the run before its first step with one line."""
+    import shutil
+
+    from slmtrain.tokenizer import TokenizerSpec, train_tokenizer
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    train_tokenizer(TokenizerSpec(vocab_size=300, sample_sentences=2000), ["some other text"] * 50 + [
+        "to train a different tokenizer"] * 50, tmp_path / "other")
+    (copy / "meta.json").write_text(json.dumps({**meta, "tokenizer_model": str(tmp_path / "other" / "tokenizer.model")}))
+    short = dict(budget__tokens=512 * 4, export_hf=False, samples=0)
+    with pytest.raises(UserError, match="changed after .* was written with it"):
+        train(tiny_recipe(copy, tmp_path / "run", **short))
+    (copy / "meta.json").write_text(json.dumps(meta))
+    shard = next(iter((copy / "train").glob("*.bin")))
+    tokens = np.memmap(shard, dtype=np.uint16, mode="r+")
+    tokens[len(tokens) // 2] = 60_000
+    tokens.flush()
+    with pytest.raises(UserError, match="token id 60000 >= vocab_size 512"):
+        train(tiny_recipe(copy, tmp_path / "run2", **short))
 
 
 def test_a_moved_run_keeps_its_tokenizer_and_loads_without_shards(tmp_path):
