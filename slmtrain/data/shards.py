@@ -507,12 +507,15 @@ def open_datatrove(folder: str | Path, vocab_size: int, eos_id: int) -> TokenSpl
         metadata, index = file.with_name(file.name + ".metadata"), file.with_name(file.name + ".index")
         if not metadata.is_file() or not index.is_file():
             raise UserError(f"{file}: datatrove .metadata or .index file missing")
-        tokenizer_name, token_bytes = metadata.read_text().splitlines()[0].rsplit("|", 1)
+        tokenizer_name, _, token_bytes = (metadata.read_text(errors="replace").splitlines() or [""])[0].rpartition("|")
+        if token_bytes not in ("2", "4"):
+            raise UserError(f"{metadata}: first line is not TOKENIZER|TOKEN_BYTES with 2 or 4 bytes a token")
         tokenizers.add(tokenizer_name)
         dtype = np.dtype({"2": "<u2", "4": "<u4"}[token_bytes])
         ends = np.fromfile(index, dtype="<u8").astype(np.int64)
-        if not len(ends) or ends[-1] * dtype.itemsize != file.stat().st_size:
-            raise UserError(f"{file}: size does not match its .index")
+        if (not len(ends) or ends[-1] * dtype.itemsize != file.stat().st_size or ends[0] < 1
+                or np.any(np.diff(ends) < 1)):
+            raise UserError(f"{file}: size does not match its .index, or the index does not rise")
         tokens.append(np.memmap(file, dtype=dtype, mode="r"))
         doc_starts.append(np.concatenate([[0], ends[:-1]]) + shard_starts[-1])
         shard_starts.append(shard_starts[-1] + int(ends[-1]))

@@ -243,7 +243,8 @@ def test_launch_script(curated: Path, tmp_path: Path) -> None:
     assert bad.returncode == 2 and diagnostics(bad.stderr).startswith("error: input: required")
     missing = subprocess.run([*command[:3], f"input={tmp_path / 'nowhere'}", f"output={tmp_path / 'out2'}"],
                              capture_output=True, text=True, env=env, timeout=60)
-    assert missing.returncode == 2 and diagnostics(missing.stderr) == f"error: input not found: {tmp_path / 'nowhere'}\n"
+    assert missing.returncode == 2
+    assert diagnostics(missing.stderr) == f"error: input not found: {tmp_path / 'nowhere'}\n"
 
 
 def test_reads_datatrove_tokenized_output(tokenizer: Tokenizer, curated: Path, tmp_path: Path) -> None:
@@ -267,3 +268,8 @@ def test_reads_datatrove_tokenized_output(tokenizer: Tokenizer, curated: Path, t
     verify_split(theirs)
     with pytest.raises(UserError, match="no datatrove"):
         open_datatrove(tmp_path, tokenizer.vocab_size, tokenizer.eos_id)
+    metadata = next(iter((tmp_path / "dt").glob("*.ds.metadata")))
+    for broken in ("", "no separator", "name|8"):
+        metadata.write_text(broken)
+        with pytest.raises(UserError, match="not TOKENIZER|TOKEN_BYTES"):
+            open_datatrove(tmp_path / "dt", tokenizer.vocab_size, tokenizer.eos_id)

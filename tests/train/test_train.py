@@ -333,7 +333,8 @@ def test_shards_whose_tokenizer_changed_or_whose_ids_are_corrupt_are_refused(sha
     meta = json.loads((copy / "meta.json").read_text())
     train_tokenizer(TokenizerSpec(vocab_size=300, sample_sentences=2000), ["some other text"] * 50 + [
         "to train a different tokenizer"] * 50, tmp_path / "other")
-    (copy / "meta.json").write_text(json.dumps({**meta, "tokenizer_model": str(tmp_path / "other" / "tokenizer.model")}))
+    other = str(tmp_path / "other" / "tokenizer.model")
+    (copy / "meta.json").write_text(json.dumps({**meta, "tokenizer_model": other}))
     short = dict(budget__tokens=512 * 4, export_hf=False, samples=0)
     with pytest.raises(UserError, match="changed after .* was written with it"):
         train(tiny_recipe(copy, tmp_path / "run", **short))
