@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import sys
 import textwrap
 import types
@@ -60,20 +61,50 @@ def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
 # Mappings: parse, load, merge
 
 
+class CliText(str):
+    """A value as typed on the command line. A str or Path field takes the text itself (``api_key=007`` is "007",
+    not 7); every other type parses it: numbers and booleans by :func:`build`, untyped values as YAML."""
+
+
 def parse_overrides(argv: Sequence[str]) -> dict[str, Any]:
-    """``['a.b=1', 'c=x']`` -> ``{'a': {'b': 1}, 'c': 'x'}``. Values are parsed as YAML scalars."""
-    keys = []
+    """``['a.b=1', 'c=x']`` -> ``{'a': {'b': CliText('1')}, 'c': CliText('x')}``; a value written as a YAML list or
+    mapping (``[1e-3,3e-3]``, ``{a: 1}``) is parsed as one. The last of a repeated key wins."""
+    tree: dict[str, Any] = {}
+    pairs = []
     for arg in argv:
-        if "=" not in arg or arg.startswith("="):
+        key, sep, text = arg.partition("=")
+        if not sep or not key or "" in key.split("."):
             raise ConfigError("", f"argument {arg!r} is not of the form key=value")
-        keys.append(arg.split("=", 1)[0])
-    for key in keys:  # OmegaConf would silently let one of the two win
+        pairs.append((key, text))
+    keys = [key for key, _ in pairs]
+    for key in keys:
         if any(other.startswith(key + ".") for other in keys):
             raise ConfigError(key, f"given both as a value and with sub-keys ({key}.KEY=...); give one or the other")
+    for key, text in pairs:
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _yaml_value(text, key) if text.lstrip()[:1] in ("[", "{") else CliText(text)
+    return tree
+
+
+def _yaml_value(text: str, key: str = "") -> Any:
     try:
-        return _plain(OmegaConf.from_dotlist(list(argv)))
+        return _plain(OmegaConf.from_dotlist([f"value={text}"]))["value"]
     except OmegaConfBaseException as e:
-        raise ConfigError("", f"cannot parse arguments: {e}") from None
+        raise ConfigError(key, f"cannot parse {text!r}: {e}") from None
+
+
+def _untyped(value: Any) -> Any:
+    """Command-line text where no type says how to read it (a dict[str, Any] or Any field): parsed as YAML."""
+    if isinstance(value, CliText):
+        return _yaml_value(value)
+    if isinstance(value, Mapping):
+        return {key: _untyped(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_untyped(item) for item in value]
+    return value
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -181,12 +212,19 @@ def announce(options: T) -> T:
     return options
 
 
+def _is_null(value: Any) -> bool:
+    """None, or text meaning no value: none/null, and as typed on the command line also nothing (``out=``) or ~."""
+    if not isinstance(value, str):
+        return value is None
+    return value.strip().lower() in (("", "~", "none", "null") if isinstance(value, CliText) else ("none", "null"))
+
+
 def _coerce(tp: Any, value: Any, path: str) -> Any:
     origin, args = get_origin(tp), get_args(tp)
     if tp is Any:
-        return value
+        return _untyped(value)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if _is_null(value):
             if type(None) in args:
                 return None
         candidates = [a for a in args if a is not type(None)]
@@ -200,16 +238,17 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
                 errors.append(e.message)
         raise ConfigError(path, "; ".join(errors))
     if origin is Literal:
-        if value not in args:
-            raise ConfigError(path, f"invalid value {value!r}; valid choices: {', '.join(map(str, args))}")
-        return value
+        for candidate in (value, _untyped(value)) if isinstance(value, CliText) else (value,):
+            if candidate in args:
+                return next(a for a in args if a == candidate)  # the declared choice, not the command-line text
+        raise ConfigError(path, f"invalid value {str(value)!r}; valid choices: {', '.join(map(str, args))}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         return build(tp, value, path)
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = [CliText(v.strip()) for v in value.split(",") if v.strip()]
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]  # key=4096 is a list of one
         if not isinstance(value, (list, tuple)):
@@ -220,7 +259,7 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(path, f"expected a mapping, got {value!r}")
-        return dict(value)
+        return _untyped(dict(value))
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -229,16 +268,21 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         raise ConfigError(path, f"expected true or false, got {value!r}")
     if tp is int:
         number = _number(value, path)
-        if number != int(number):
-            raise ConfigError(path, f"expected an integer, got {value!r}")
+        if not math.isfinite(number) or number != int(number):
+            raise ConfigError(path, f"expected an integer, got {str(value)!r}")
         return int(number)
     if tp is float:
-        return float(_number(value, path))
+        number = float(_number(value, path))
+        if math.isnan(number):
+            raise ConfigError(path, f"expected a number, got {str(value)!r}")
+        return number
     if tp is str:
-        if isinstance(value, (Mapping, list, tuple)):
+        if value is None or isinstance(value, (Mapping, list, tuple)):
             raise ConfigError(path, f"expected a string, got {value!r}")
         return str(value)
     if tp is Path:
+        if _is_null(value) or (isinstance(value, str) and not value.strip()) or isinstance(value, (Mapping, list)):
+            raise ConfigError(path, f"expected a path, got {'nothing' if not value else repr(str(value))}")
         return Path(str(value))
     return value
 
