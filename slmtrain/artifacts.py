@@ -43,7 +43,11 @@ class HFTokenizer:
     def __init__(self, path: Path, bos_id: int | None = None):
         from transformers import AutoTokenizer
 
-        self.inner = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        try:
+            self.inner = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        except Exception as e:  # transformers and tokenizers raise many kinds for a damaged file; one line for all
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{path}: its tokenizer cannot be loaded ({reason})") from None
         self.bos_id = self.inner.bos_token_id if bos_id is None else bos_id
         self.eos_id = self.inner.eos_token_id
         # slmtrain exports carry their SentencePiece model: GGUF export embeds its vocabulary from it.
@@ -209,7 +213,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign file: one clear line instead of an unpickling traceback
-        raise UserError(f"{path}: not a readable slmtrain checkpoint ({type(e).__name__}: {e})") from None
+        # torch's first line only: the rest advises weights_only=False, which would run the file's code
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"{path}: not a readable slmtrain checkpoint ({type(e).__name__}: {reason})") from None
 
 
 def model_from_checkpoint(path: Path, dtype: torch.dtype = torch.float32) -> tuple[Transformer, dict[str, Any]]:

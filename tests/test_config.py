@@ -60,3 +60,4 @@ def test_other_types_parse_the_text() -> None:
 def test_values_that_mean_nothing_are_errors_naming_the_key(arg: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
         parsed(arg)
+

@@ -38,15 +38,19 @@ def read_documents(paths: Sequence[str | Path]) -> list[str]:
     for path in map(Path, paths):
         if not path.is_file():
             raise UserError(f"retrieval document not found: {path}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         if path.suffix == ".jsonl":
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            for number, line in enumerate(text.splitlines(), start=1):
                 if line.strip():
                     try:
                         documents.append(str(json.loads(line)["text"]))
                     except (json.JSONDecodeError, KeyError, TypeError):
                         raise UserError(f"{path}:{number}: not a JSON record with a text field") from None
         else:
-            documents.append(path.read_text(encoding="utf-8"))
+            documents.append(text)
     return documents
 
 

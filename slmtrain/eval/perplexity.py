@@ -92,16 +92,19 @@ def perplexity_of_texts(model: Transformer, tokenizer: TextTokenizer, texts: Ite
 
 
 def read_documents(paths: Sequence[str | Path]) -> list[str]:
-    """A .txt file is one document; .jsonl(.gz)/.parquet files give their ``text`` fields (bad lines are counted
-    and reported as an error: a perplexity on silently fewer documents would mislead)."""
-    from slmtrain.data.shards import InputCounts, read_texts
+    """.jsonl(.gz)/.parquet files give their ``text`` fields (bad lines are counted and reported as an error: a
+    perplexity on silently fewer documents would mislead); any other file (.txt, .md, ...) is one document."""
+    from slmtrain.data.shards import INPUT_SUFFIXES, InputCounts, read_texts
 
     documents: list[str] = []
     for path in map(Path, paths):
         if not path.is_file():
-            raise FileNotFoundError(f"text file not found: {path}")
-        if path.suffix == ".txt":
-            text = path.read_text(encoding="utf-8")
+            raise UserError(f"text file not found: {path}")
+        if not path.name.endswith(INPUT_SUFFIXES):
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
             if not text.strip():
                 raise UserError(f"{path}: empty file")
             documents.append(text)

@@ -55,6 +55,9 @@ def test_task_prompts_get_the_retrieved_context(task):
     assert first.choices == questions.items[0].choices and first.label == questions.items[0].label
     with pytest.raises(UserError, match="no text to index"):
         build_index(["\n \n"])
+    (task["notes.txt"].parent / "binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(UserError, match="binary.txt: not UTF-8 text"):
+        read_documents([task["notes.txt"].parent / "binary.txt"])
 
 
 def test_eval_command_with_retrieval(base_dir, task, tmp_path):

@@ -76,8 +76,13 @@ def test_bad_inputs_fail_clearly(model, tokenizer, tmp_path):
     (tmp_path / "docs.jsonl").write_text('{"text": "fine"}\nnot json\n')
     with pytest.raises(UserError, match="1 corrupt"):
         read_documents([tmp_path / "docs.jsonl"])
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UserError, match="text file not found"):
         read_documents([tmp_path / "missing.txt"])
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    with pytest.raises(UserError, match="latin1.txt: not UTF-8 text"):
+        read_documents([tmp_path / "latin1.txt"])
+    (tmp_path / "notes.md").write_text("# A heading\nMarkdown is text, one document.\n")
+    assert read_documents([tmp_path / "notes.md"]) == ["# A heading\nMarkdown is text, one document.\n"]
 
 
 def write_shards(folder, documents: list[list[int]]) -> None:

@@ -191,6 +191,17 @@ def test_missing_or_broken_files_are_clear_errors(tmp_path: Path) -> None:
     transformers.LlamaConfig(**SMALL_HF).save_pretrained(tmp_path)
     with pytest.raises(UserError, match="no model.safetensors found"):
         load_hf(tmp_path)
+    for damaged in (b"", b"\x10\x00\x00\x00\x00\x00\x00\x00{", b"garbage" * 100):
+        (tmp_path / "model.safetensors").write_bytes(damaged)
+        with pytest.raises(UserError, match="model.safetensors: not a readable safetensors file"):
+            load_hf(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "hidden_size": "abc"}))
+    with pytest.raises(UserError, match="config.json: not a usable transformers config .ValueError"):
+        load_hf(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "vocab_size"}))
+    with pytest.raises(UserError, match="config.json: not a usable transformers config .KeyError: 'vocab_size'"):
+        load_hf(tmp_path)
 
 
 def test_weights_that_do_not_match_the_config_are_named(tmp_path: Path) -> None:

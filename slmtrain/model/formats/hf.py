@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from slmtrain.config import ConfigError, UserError
@@ -361,8 +361,11 @@ def safetensors_files(path: Path) -> list[Path]:
 def _read_safetensors(path: Path, keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for file in safetensors_files(path):
-        with safe_open(str(file), framework="pt") as f:
-            state.update({name: f.get_tensor(name) for name in f.keys() if keep(name)})
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                state.update({name: f.get_tensor(name) for name in f.keys() if keep(name)})
+        except (SafetensorError, OSError) as e:  # a truncated, empty or foreign file
+            raise UserError(f"{file}: not a readable safetensors file ({e})") from None
     return state
 
 
@@ -424,7 +427,12 @@ def load_hf(path: str | Path, dtype: torch.dtype = torch.float32, *, experts: bo
     ``experts=False`` does not read the routed experts of an MoE model: they stay on the meta device, for
     :mod:`slmtrain.model.offload` to serve from the files on demand."""
     path = Path(path)
-    config = model_config_from_hf(read_hf_config(path))
+    try:
+        config = model_config_from_hf(read_hf_config(path))
+    except ConfigError:
+        raise
+    except (KeyError, ValueError, TypeError) as e:  # a field missing, or of the wrong type
+        raise UserError(f"{path / 'config.json'}: not a usable transformers config ({type(e).__name__}: {e})") from None
     hf_state = _read_safetensors(path, keep=lambda name: experts or not is_hf_expert_tensor(name))
     try:
         state = from_hf_state_dict(config, hf_state)
