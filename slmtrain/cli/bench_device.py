@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from slmtrain.config import ConfigError, announce, build, check_choice, cli_main, split_args
+from slmtrain.config import ConfigError, announce, build, check_choice, cli_main, require, split_args
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -56,6 +56,10 @@ class Args:
             check_choice("quant", self.quant, ("none", "int8", "int8-dynamic", "int4"))
         if self.plot and not self.depths:
             raise ConfigError("depths", "plot= needs depths=D1,D2,... (context depths to measure decode speed at)")
+        require(self.threads is None or self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
+        require(self.repeats >= 1 and self.warmup >= 0, "repeats" if self.repeats < 1 else "warmup",
+                f"need repeats >= 1 and warmup >= 0, got {self.repeats} and {self.warmup}")
+        require(all(depth >= 0 for depth in self.depths), "depths", f"must be >= 0, got {self.depths}")
         if (self.offload == "experts") != (self.max_resident_experts is not None):
             raise ConfigError("max_resident_experts", "offload=experts and max_resident_experts=N go together")
         if self.offload == "experts" and self.quant != "none":
@@ -70,12 +74,12 @@ def run(argv: list[str]) -> int:
     import torch
 
     from slmtrain.eval.report import append_csv, format_table, plot_runtime
-    from slmtrain.eval.runtime import bench_device, check_lengths, decode_vs_context
+    from slmtrain.eval.runtime import DECODE_VS_CONTEXT_GEN, bench_device, check_lengths, decode_vs_context
     from slmtrain.hardware import get_profile
     from slmtrain.artifacts import LoadedModel, load_model
     from slmtrain.model.offload import load_offloaded, measure_offloaded_decode
 
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, DTYPES[args.dtype])
     if args.max_resident_experts is not None:
@@ -84,6 +88,8 @@ def run(argv: list[str]) -> int:
     else:
         loaded = load_model(args.model, dtype)
     check_lengths(loaded.model, args.prompt, args.gen, args.depth)
+    for depth in args.depths:  # checked before anything is timed, not after the main benchmark
+        check_lengths(loaded.model, 1, DECODE_VS_CONTEXT_GEN, depth)
     try:
         model = loaded.model.to(torch.device(args.device))
     except (RuntimeError, AssertionError) as e:  # unknown or unavailable device: torch's own message, one line

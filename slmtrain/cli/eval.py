@@ -51,6 +51,10 @@ class Args:
             raise ConfigError("retrieval_k", f"must be positive, got {self.retrieval_k}")
         if self.shots is not None and self.shots < 0:
             raise ConfigError("shots", f"must be >= 0, got {self.shots}")
+        for key in ("max_tokens", "window", "stride", "limit"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(key, f"must be >= 1 (or left out), got {value}")
 
 
 def run(argv: list[str]) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 from slmtrain.collab.calibration import GRID, calibrate_threshold, require_enough_examples
 from slmtrain.collab.routing import (Answering, LocalModel, Outcome, Router, collect_outcomes, open_cloud,
                                      prompt_embeddings, read_examples)
-from slmtrain.config import ConfigError, UserError
+from slmtrain.config import ConfigError, UserError, require
 
 
 @dataclass
@@ -175,6 +175,13 @@ class DemoOptions:
     target: float = 0.95  # keep quality >= target x cloud-only quality
     confidence: float = 0.95  # probability that the guarantee holds
     embedding: bool = True  # router features include the prompt's MiniLM embedding
+
+    def __post_init__(self) -> None:
+        for key in ("max_digits", "small_layers", "small_width", "small_steps", "large_layers", "large_width",
+                    "large_steps", "examples", "test_examples"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        require(0 < self.target <= 1, "target", f"must be in (0, 1], got {self.target}")
+        require(0 < self.confidence < 1, "confidence", f"must be in (0, 1), got {self.confidence}")
 
 
 def demo(options: DemoOptions) -> dict[str, Any]:

@@ -605,6 +605,21 @@ def serve(options: ServeOptions) -> None:
     from slmtrain.artifacts import load_model
 
     app = create_app(load_model(options.model), options)
+    try:  # bound here, so that a port in use or an unknown host is one line before "serving" is ever printed
+        family, kind, _, _, address = socket.getaddrinfo(options.host, options.port, type=socket.SOCK_STREAM)[0]
+        listener = socket.socket(family, kind)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            listener.bind(address)
+            listener.listen()
+        except OSError:
+            listener.close()
+            raise
+    except OSError as e:
+        raise UserError(f"cannot listen on {options.host}:{options.port}: {e.strerror or e}") from None
     print(f"serving {options.model_id} on http://{options.host}:{options.port}/v1"
           + (" (API key required)" if options.api_key else ""), flush=True)
-    uvicorn.run(app, host=options.host, port=options.port, log_level="warning")
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
+    finally:
+        listener.close()

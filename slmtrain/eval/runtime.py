@@ -299,7 +299,11 @@ def sample_std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def decode_vs_context(model: Transformer, depths: list[int], gen: int = 16, repeats: int = 3, warmup: int = 1,
+DECODE_VS_CONTEXT_GEN = 16  # tokens decoded at each depth of decode_vs_context
+
+
+def decode_vs_context(model: Transformer, depths: list[int], gen: int = DECODE_VS_CONTEXT_GEN, repeats: int = 3,
+                      warmup: int = 1,
                       profile: DeviceProfile | None = None) -> list[dict[str, float]]:
     """Decode tokens/s (and the prediction, given a profile) and KV-cache bytes at each context depth: how
     generation slows as the cache grows."""

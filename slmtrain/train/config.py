@@ -130,6 +130,9 @@ class TrainConfig:
             require(getattr(self, key) > 0, key, "must be positive")
         require(0 < self.mfu_assumed <= 1, "mfu_assumed", "must be in (0, 1]")
         validate_trainer_args(self.trainer)
+        max_steps = self.trainer.get("max_steps")
+        require(max_steps is None or max_steps == -1 or max_steps >= 1, "trainer.max_steps",
+                f"must be >= 1 (or -1, Lightning's 'no limit': the budget decides), got {max_steps}")
         for logger in self.loggers:
             require(logger in ("csv", "tensorboard", "wandb"), "loggers", f"unknown logger {logger!r}; valid choices: csv, tensorboard, wandb")
 

@@ -89,6 +89,7 @@ def plan(config: TrainConfig, model_config: ModelConfig | None = None) -> Plan:
     """What the run will do, with the reasoning behind its token budget."""
     from slmtrain.scaling.budget import choose_tokens
 
+    gradient_accumulation(config, world_size(config.trainer))  # a batch the run would refuse, refused in a dry run too
     mc = model_config or config.model_config
     budget = config.budget
     decision = choose_tokens(
@@ -97,7 +98,7 @@ def plan(config: TrainConfig, model_config: ModelConfig | None = None) -> Plan:
     )
     reasoning = list(decision.reasoning)
     max_steps = config.trainer.get("max_steps")
-    if max_steps is not None and int(max_steps) > 0:
+    if max_steps is not None and max_steps != -1:
         steps = int(max_steps)
         reasoning.append(f"trainer.max_steps={steps} overrides the budget's {math.ceil(decision.tokens / config.batch.tokens)} steps")
     else:

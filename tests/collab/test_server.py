@@ -206,3 +206,43 @@ def test_time_limit_and_full_queue_are_errors_not_hangs(loaded, model_dir):
         with ThreadPoolExecutor(8) as pool:
             codes = list(pool.map(ask, range(8)))
         assert 429 in codes and set(codes) <= {200, 429}
+
+
+def test_the_serve_command_serves_and_a_taken_port_is_one_line(model_dir):
+    """launch/serve.py for real: the port is bound before "serving" is printed, so a taken one is a one-line error;
+    on a free port the official client lists the model (with the API key). The server is stopped after."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tests.output import diagnostics
+    from tests.paths import REPO_ROOT
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        command = [sys.executable, str(REPO_ROOT / "launch" / "serve.py"), f"model={model_dir}", f"port={port}",
+                   f"api_key={KEY}"]
+        refused = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert refused.returncode == 2 and "serving" not in refused.stdout
+    assert diagnostics(refused.stderr) == f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    command[-2] = f"port={port}"
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=10)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                models = client.models.list()
+                break
+            except openai.APIConnectionError:
+                assert process.poll() is None and time.monotonic() < deadline, process.communicate(timeout=10)
+                time.sleep(0.2)
+        assert [m.id for m in models.data] == ["tiny"]
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=30)
+    assert out.startswith(f"serving tiny on http://127.0.0.1:{port}/v1 (API key required)")

@@ -3,11 +3,13 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pydoc_data.topics
+import pytest
 
 from slmtrain.model.formats.gguf import read_gguf
 
@@ -56,3 +58,20 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
     run = subprocess.run([sys.executable, str(REPO / "launch" / "export_gguf.py"), "model=tiny",
                           f"out={tmp_path / 'x.gguf'}", "quant=q3"], capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 2 and diagnostics(run.stderr).strip().count("\n") == 0 and "q4_0" in diagnostics(run.stderr)
+
+
+@pytest.mark.parametrize(("script", "args", "error"), [
+    ("eval", ["model=tiny", "shards=x", "max_tokens=-1"], "error: max_tokens: must be >= 1 (or left out), got -1"),
+    ("eval", ["model=tiny", "shards=x", "window=0"], "error: window: must be >= 1 (or left out), got 0"),
+    ("bench_device", ["model=tiny", "threads=-2"], "error: threads: must be >= 1, got -2"),
+    ("bench_device", ["model=tiny", "prompt=8", "gen=8", "depths=0,100000"],  # before the main benchmark runs
+     "error: prompt=1 or depth+gen=100016 exceeds the model's max_seq_len=128"),
+    ("route", ["demo", "max_digits=0"], "error: max_digits: must be >= 1, got 0"),
+    ("export_hf", ["ckpt=tiny", "out="], "error: out: expected a path, got nothing"),
+])
+def test_values_out_of_range_are_refused_before_any_work(script, args, error, tmp_path):
+    """Each was a traceback, a silently ignored value or an output written to ./None."""
+    run = subprocess.run([sys.executable, str(REPO / "launch" / f"{script}.py"), *args], capture_output=True,
+                         text=True, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert (run.returncode, diagnostics(run.stderr)) == (2, error + "\n")
+    assert not any(tmp_path.iterdir())
