@@ -17,7 +17,10 @@ COMMANDS = {
 
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        asked = sys.argv[1:2] in (["-h"], ["--help"], ["help"])
+        if len(sys.argv) >= 2 and not asked:
+            print(f"error: unknown command {sys.argv[1]!r}; valid choices: {', '.join(COMMANDS)}", file=sys.stderr)
         print(__doc__.strip() + "\n\ncommands: " + ", ".join(COMMANDS), file=sys.stderr)
-        sys.exit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
+        sys.exit(0 if asked else 2)
     command = importlib.import_module(f"slmtrain.cli.{COMMANDS[sys.argv[1]]}")
     command.main(sys.argv[2:])

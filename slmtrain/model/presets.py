@@ -103,6 +103,8 @@ def resolve(spec: str | dict[str, Any] | ModelConfig) -> ModelConfig:
     preset = fields.pop("preset", None)
     if preset is None:
         return build(ModelConfig, fields)
+    if str(preset) not in PRESETS:
+        raise ConfigError("preset", f"unknown preset {preset!r}; valid choices: {', '.join(names())}")
     return get(str(preset), **fields)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_warn
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -22,11 +23,11 @@ from slmtrain.train.config import DataConfig
 
 
 class PackedSamples(Dataset):
-    def __init__(self, split: TokenSplit, seq_len: int):
+    def __init__(self, split: TokenSplit, seq_len: int, name: str = "split"):
         self.split, self.seq_len = split, seq_len
         self.count = (len(split) - 1) // seq_len
         if self.count < 1:
-            raise UserError(f"split has {len(split)} tokens: too few for one sample of seq_len={seq_len}")
+            raise UserError(f"{name} has {len(split)} tokens: too few for one sample of seq_len={seq_len}")
 
     def __len__(self) -> int:
         return self.count
@@ -88,9 +89,13 @@ class ShardsDataModule(pl.LightningDataModule):
         # disk is then one line before the first step, not a failed gather (a device-side assert on GPUs) mid-run.
         self.train_split = open_split(self.config.shards, "train")
         verify_split(self.train_split)
-        if "val" in self.meta["splits"] and self.meta["splits"]["val"]["tokens"] > self.config.seq_len:
+        val_tokens = self.meta["splits"].get("val", {}).get("tokens", 0)
+        if val_tokens > self.config.seq_len:
             self.val_split = open_split(self.config.shards, "val")
             verify_split(self.val_split)
+        elif self.config.val_samples:
+            rank_zero_warn(f"{self.config.shards}/val holds {val_tokens} tokens, not one sample of seq_len="
+                           f"{self.config.seq_len}: this run has no validation loss")
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -98,14 +103,14 @@ class ShardsDataModule(pl.LightningDataModule):
         rank = trainer.global_rank if trainer else 0
         step = trainer.global_step if trainer else 0
         samples_per_step = self.micro_batch * self.accumulate * world
-        dataset = PackedSamples(self.train_split, self.config.seq_len)
+        dataset = PackedSamples(self.train_split, self.config.seq_len, f"{self.config.shards}/train")
         sampler = StreamSampler(len(dataset), self.seed, start=step * samples_per_step, rank=rank, world=world)
         return self._loader(dataset, sampler)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_split is None or self.config.val_samples == 0:
             return []
-        dataset = PackedSamples(self.val_split, self.config.seq_len)
+        dataset = PackedSamples(self.val_split, self.config.seq_len, f"{self.config.shards}/val")
         trainer = self.trainer
         world = trainer.world_size if trainer else 1
         rank = trainer.global_rank if trainer else 0

@@ -167,11 +167,15 @@ def test_bad_recipe_keys_fail_naming_the_key():
         from slmtrain.train.run import gradient_accumulation
 
         gradient_accumulation(load_recipe("demo", {"batch": {"tokens": 1000}}), world=1)
+    with pytest.raises(ConfigError, match="model.preset: unknown preset 'nonexist'; valid choices: demo-2m"):
+        load_recipe("demo", {"model": {"preset": "nonexist"}})
     with pytest.raises(ConfigError, match="trainer.max_steps: must be >= 1 .or -1"):  # was silently ignored
         load_recipe("demo", {"trainer": {"max_steps": -5}})
     proc = subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), "recipe=nope"], capture_output=True,
                           text=True, cwd=REPO)
     assert proc.returncode == 2 and diagnostics(proc.stderr).startswith("error: recipe: unknown recipe 'nope'; valid choices:")
+    unknown = subprocess.run([sys.executable, "-m", "slmtrain", "trian"], capture_output=True, text=True, cwd=REPO)
+    assert unknown.returncode == 2 and unknown.stderr.startswith("error: unknown command 'trian'; valid choices: train,")
     dry = subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), "batch.tokens=1000", "dry_run=true"],
                          capture_output=True, text=True, cwd=REPO)  # the dry run refuses what the run would
     assert dry.returncode == 2 and diagnostics(dry.stderr).startswith("error: batch.tokens: 1000 is not a multiple")
