@@ -60,7 +60,8 @@ def test_model_info_without_a_preset() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["model=smollm3"], "error: model: unknown preset 'smollm3'; valid choices: demo-2m,"),
+        # model=NAME is model.preset=NAME
+        (["model=smollm3"], "error: model.preset: unknown preset 'smollm3'; valid choices: demo-2m,"),
         (["model=tiny", "model.layers=3"], "error: model.layers: unknown key; valid keys: attention_backend,"),
         (["model=tiny", "model.n_kv_head=3"], "error: model.n_kv_head: n_head=4 is not divisible by n_kv_head=3"),
         (["model=tiny", "format=xml"], "error: format: invalid value 'xml'; valid choices: table, json"),
