@@ -49,6 +49,8 @@ class Args:
             raise ConfigError("retrieval", "retrieval goes into slmtrain task prompts: give tasks=NAME (without harness)")
         if self.retrieval_k <= 0:
             raise ConfigError("retrieval_k", f"must be positive, got {self.retrieval_k}")
+        if self.tasks and not self.harness and not self.task_dir.is_dir():
+            raise ConfigError("task_dir", f"{self.task_dir} is not a folder of task .jsonl files")
         if self.shots is not None and self.shots < 0:
             raise ConfigError("shots", f"must be >= 0, got {self.shots}")
         for key in ("max_tokens", "window", "stride", "limit"):

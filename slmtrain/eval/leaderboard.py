@@ -69,6 +69,13 @@ class LeaderboardOptions:
         for key in ("context", "repeats", "bootstrap", "threads"):
             require(getattr(self, key) > 0, key, f"must be positive, got {getattr(self, key)}")
         require(self.shots >= 0 and self.warmup >= 0, "shots", "shots and warmup must be >= 0")
+        # read now, before minutes of benchmarking (and for models without a tokenizer, whose scores are skipped)
+        from slmtrain.eval.deploy_tasks import load_any_task
+
+        for name in self.tasks:
+            load_any_task(name)
+        for path in self.text:
+            require(Path(path).is_file(), "text", f"{path} not found")
 
 
 @dataclass(frozen=True)

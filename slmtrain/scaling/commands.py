@@ -100,7 +100,11 @@ def run_budget(options: dict[str, Any]) -> dict[str, Any]:
     law = law_from_options({k: v for k, v in vars(opts).items() if k in ("law", *LAW_KEYS) and v is not None})
     cost = None
     if opts.hardware is not None:
-        peak = get_device(opts.hardware).flops("bf16" if opts.precision in ("int4", "int8") else opts.precision)
+        try:
+            device = get_device(opts.hardware)
+        except ConfigError as e:  # the device list's error, under the key given here
+            raise ConfigError("hardware", e.message) from None
+        peak = device.flops("bf16" if opts.precision in ("int4", "int8") else opts.precision)
         cost = budget.CostModel(peak, opts.train_mfu, opts.prefill_mfu, opts.decode_mfu, opts.train_price_per_hour,
                                 opts.inference_price_per_hour)
     out: dict[str, Any]

@@ -68,6 +68,9 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
      "error: prompt=1 or depth+gen=100016 exceeds the model's max_seq_len=128"),
     ("route", ["demo", "max_digits=0"], "error: max_digits: must be >= 1, got 0"),
     ("export_hf", ["ckpt=tiny", "out="], "error: out: expected a path, got nothing"),
+    ("eval", ["model=tiny", "tasks=arc-mini", "task_dir=/nonexistent"],
+     "error: task_dir: /nonexistent is not a folder of task .jsonl files"),
+    ("leaderboard", ["models=tiny", "out=board", "text=/nonexistent.txt"], "error: text: /nonexistent.txt not found"),
 ])
 def test_values_out_of_range_are_refused_before_any_work(script, args, error, tmp_path):
     """Each was a traceback, a silently ignored value or an output written to ./None."""

@@ -113,6 +113,8 @@ def test_cli_budget_and_fit_json(tmp_path: Path) -> None:
     (("budget",), "say what to budget"),
     (("fit", "runs=/nonexistent.csv"), "runs not found"),
     (("sweep", "recipe=nope"), "unknown recipe 'nope'"),
+    (("budget", "compute=5.76e23", "hardware=nope"), "hardware: unknown device 'nope'; valid choices:"),
+    (("budget", "params=nan"), "params: expected a number, got 'nan'"),
 ])
 def test_cli_errors_are_one_line(args: tuple[str, ...], message: str, capsys) -> None:
     from slmtrain.cli.scaling import main
