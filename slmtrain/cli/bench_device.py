@@ -74,7 +74,7 @@ def run(argv: list[str]) -> int:
     import torch
 
     from slmtrain.eval.report import append_csv, format_table, plot_runtime
-    from slmtrain.eval.runtime import DECODE_VS_CONTEXT_GEN, bench_device, check_lengths, decode_vs_context
+    from slmtrain.eval.runtime import bench_device, check_depths, check_lengths, decode_vs_context
     from slmtrain.hardware import get_profile
     from slmtrain.artifacts import LoadedModel, load_model
     from slmtrain.model.offload import load_offloaded, measure_offloaded_decode
@@ -88,8 +88,7 @@ def run(argv: list[str]) -> int:
     else:
         loaded = load_model(args.model, dtype)
     check_lengths(loaded.model, args.prompt, args.gen, args.depth)
-    for depth in args.depths:  # checked before anything is timed, not after the main benchmark
-        check_lengths(loaded.model, 1, DECODE_VS_CONTEXT_GEN, depth)
+    check_depths(loaded.model, args.depths)  # before the main benchmark, not after it
     try:
         model = loaded.model.to(torch.device(args.device))
     except (RuntimeError, AssertionError) as e:  # unknown or unavailable device: torch's own message, one line

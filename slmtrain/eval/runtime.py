@@ -302,15 +302,22 @@ def sample_std(values: list[float]) -> float:
 DECODE_VS_CONTEXT_GEN = 16  # tokens decoded at each depth of decode_vs_context
 
 
+def check_depths(model: Transformer, depths: list[int], gen: int = DECODE_VS_CONTEXT_GEN) -> None:
+    """Each depth plus the tokens decoded there fits the model's context."""
+    for depth in depths:
+        if depth < 0 or depth + gen > model.config.max_seq_len:
+            raise UserError(f"depth {depth} + gen {gen} exceeds max_seq_len={model.config.max_seq_len}"
+                            if depth >= 0 else f"depth {depth} is negative")
+
+
 def decode_vs_context(model: Transformer, depths: list[int], gen: int = DECODE_VS_CONTEXT_GEN, repeats: int = 3,
                       warmup: int = 1,
                       profile: DeviceProfile | None = None) -> list[dict[str, float]]:
     """Decode tokens/s (and the prediction, given a profile) and KV-cache bytes at each context depth: how
     generation slows as the cache grows."""
+    check_depths(model, depths, gen)  # every depth before the first is timed
     rows = []
     for depth in depths:
-        if depth + gen > model.config.max_seq_len:
-            raise UserError(f"depth {depth} + gen {gen} exceeds max_seq_len={model.config.max_seq_len}")
         timing = decode_timing(model, gen, depth, repeats, warmup)
         row = {"depth": depth, "decode_tokens_per_s": gen / timing.mean_s,
                "kv_cache_bytes": kv_cache_bytes(model, depth + gen)}

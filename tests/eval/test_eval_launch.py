@@ -65,7 +65,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
     ("eval", ["model=tiny", "shards=x", "window=0"], "error: window: must be >= 1 (or left out), got 0"),
     ("bench_device", ["model=tiny", "threads=-2"], "error: threads: must be >= 1, got -2"),
     ("bench_device", ["model=tiny", "prompt=8", "gen=8", "depths=0,100000"],  # before the main benchmark runs
-     "error: prompt=1 or depth+gen=100016 exceeds the model's max_seq_len=128"),
+     "error: depth 100000 + gen 16 exceeds max_seq_len=128"),
     ("route", ["demo", "max_digits=0"], "error: max_digits: must be >= 1, got 0"),
     ("export_hf", ["ckpt=tiny", "out="], "error: out: expected a path, got nothing"),
     ("eval", ["model=tiny", "tasks=arc-mini", "task_dir=/nonexistent"],
