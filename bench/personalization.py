@@ -66,7 +66,8 @@ def run_strategy(args: Args) -> dict:
     from slmtrain.adapt.retrieval import build_index, read_documents, with_retrieval
     from slmtrain.adapt.run import finetune, load_options, mean_loss
     from slmtrain.artifacts import load_model
-    from slmtrain.eval.tasks import evaluate_task, load_task
+    from slmtrain.eval.scoring import evaluate_task
+    from slmtrain.eval.tasks import load_task
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)

@@ -124,7 +124,7 @@ def _after(prefix: str, text: str) -> str:
 
 def encode_segments(pieces: Sequence[tuple[str, bool]], tokenizer: TextTokenizer) -> Example:
     """Token ids of the whole text, each token labelled by the piece it comes from. Pieces are split where the
-    whole text's tokenization splits (as slmtrain.eval.tasks.encode_pair), so training sees the tokens evaluation
+    whole text's tokenization splits (as slmtrain.eval.scoring.encode_pair), so training sees the tokens evaluation
     scores; a piece whose tokens merge across its seam falls back to being encoded on its own."""
     ids: list[int] = [document_prefix_id(tokenizer)]
     labels: list[int] = [IGNORE_INDEX]

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from slmtrain.config import UserError, check_choice
-from slmtrain.eval.tasks import Task
+from slmtrain.eval.tasks import MultipleChoice, Task
 
 RETRIEVAL_METHODS = ("bm25", "minilm")
 CONTEXT_HEADER = "Context:\n"
@@ -164,10 +164,6 @@ def open_index(paths: Sequence[str | Path], method: str = "bm25") -> Index:
 def with_retrieval(task: Task, index: Index, k: int) -> Task:
     """The task with each item's prompt preceded by the chunks retrieved for it (few-shot examples, drawn from
     the same items, carry their own retrieved context)."""
-    items = []
-    for item in task.items:
-        if hasattr(item, "context"):
-            items.append(dataclasses.replace(item, context=index.context(item.context, k) + item.context))
-        else:
-            items.append(dataclasses.replace(item, prompt=index.context(item.prompt, k) + item.prompt))
-    return Task(f"{task.name}+retrieval", task.format, items)
+    items = [item.prefixed(index.context(item.contexts[0] if isinstance(item, MultipleChoice) else item.prompt, k))
+             for item in task.items]
+    return dataclasses.replace(task, name=f"{task.name}+retrieval", items=items)

@@ -1,6 +1,6 @@
 """Capability of a model: benchmark tasks, perplexity / bits per byte, lm-evaluation-harness tasks, quantisation.
 
-    python launch/eval.py model=PATH tasks=NAME[,NAME] [shots=K limit=N task_dir=DIR]
+    python launch/eval.py model=PATH tasks=NAME|SUITE[,...] [shots=K limit=N format=olmes json=FILE]
     python launch/eval.py model=PATH text=FILE[,FILE] [quant=int8,int8-dynamic,int4]   # perplexity (+ quantised)
     python launch/eval.py model=PATH shards=DIR [split=val max_tokens=N]
     python launch/eval.py model=PATH tasks=NAME harness=true [include_path=DIR_OF_TASK_YAMLS]
@@ -16,16 +16,18 @@ from pathlib import Path
 from typing import Literal
 
 from slmtrain.config import ConfigError, UserError, announce, build, cli_main, split_args
-from slmtrain.eval.tasks import DATA_DIR
 
 
 @dataclass
 class Args:
     model: str
+    # benchmarks by lm-eval name, suites (commonsense, knowledge, math, icl, long_context, core), deploy tasks,
+    # or .jsonl paths (an unknown name lists the valid ones)
     tasks: list[str] = field(default_factory=list)
-    shots: int | None = None  # default: 0 for slmtrain tasks, each task's own default for harness tasks
-    limit: int | None = None
-    task_dir: Path = DATA_DIR
+    shots: int | None = None  # default: 0 (a suite's own counts for core), each task's own for harness tasks
+    limit: int | None = None  # the first N documents of each task, in file order (lm-eval's --limit)
+    format: Literal["lm-eval", "olmes"] = "lm-eval"  # olmes: the OLMES 5-shot RC and MC variants instead
+    json: Path | None = None  # scores per task (JSON) and per-item records beside it (.items.jsonl)
     harness: bool = False  # run `tasks` through lm-evaluation-harness instead of slmtrain's own task files
     include_path: Path | None = None  # harness: a folder of local task YAMLs
     text: list[Path] = field(default_factory=list)
@@ -49,8 +51,12 @@ class Args:
             raise ConfigError("retrieval", "retrieval goes into slmtrain task prompts: give tasks=NAME (without harness)")
         if self.retrieval_k <= 0:
             raise ConfigError("retrieval_k", f"must be positive, got {self.retrieval_k}")
-        if self.tasks and not self.harness and not self.task_dir.is_dir():
-            raise ConfigError("task_dir", f"{self.task_dir} is not a folder of task .jsonl files")
+        if self.tasks and not self.harness:
+            from slmtrain.eval.suites import SUITES, check_task_name
+
+            for name in self.tasks:
+                if name not in SUITES:
+                    check_task_name(name)
         if self.shots is not None and self.shots < 0:
             raise ConfigError("shots", f"must be >= 0, got {self.shots}")
         for key in ("max_tokens", "window", "stride", "limit"):
@@ -93,26 +99,38 @@ def run(argv: list[str]) -> int:
                   **{k: v for k, v in metrics.items() if k not in ("name", "alias") and "stderr" not in k}}
                  for name, metrics in results["results"].items()]
     elif args.tasks:
-        from slmtrain.eval.tasks import evaluate_task, load_task
-
-        index = None
-        if args.retrieval:
-            from slmtrain.adapt.retrieval import open_index
-
-            index = open_index(args.retrieval, args.retrieval_method)
-        for name in args.tasks:
-            task = load_task(name, args.task_dir)
-            if index is not None:
-                from slmtrain.adapt.retrieval import with_retrieval
-
-                task = with_retrieval(task, index, args.retrieval_k)
-            result = evaluate_task(loaded.model, loaded.tokenizer, task, args.shots or 0, args.limit)
-            rows.append({"eval": f"task {result.task}", **result.as_dict()})
+        rows += evaluate_tasks(loaded, args)
     rows = [{"model": loaded.source, **row} for row in rows]
     print(format_table(rows))
     if args.csv:
         print(f"appended {len(rows)} rows to {append_csv(args.csv, rows)}")
     return 0
+
+
+def evaluate_tasks(loaded, args: Args) -> list[dict]:
+    from slmtrain.eval.suites import EvalReport, evaluate
+
+    if args.retrieval:
+        from slmtrain.adapt.retrieval import open_index, with_retrieval
+        from slmtrain.eval.scoring import evaluate_task
+        from slmtrain.eval.tasks import load_task
+
+        index = open_index(args.retrieval, args.retrieval_method)
+        report = EvalReport(loaded.source)
+        for name in args.tasks:
+            task = with_retrieval(load_task(name), index, args.retrieval_k)
+            report.results.append(evaluate_task(loaded.model, loaded.tokenizer, task, args.shots or 0, args.limit))
+            report.keys.append(task.name)
+    else:
+        report = evaluate(loaded.model, loaded.tokenizer, args.tasks, args.shots, args.limit,
+                          olmes=args.format == "olmes", source=loaded.source)
+    if args.json:
+        scores, items = report.write(args.json)
+        print(f"wrote {scores} and {items}")
+    if report.core is not None:
+        print(f"core (centered, {len(report.core.centered)} of 22 tasks): {report.core.score:.4f}; "
+              f"missing offline: {', '.join(report.core.missing)}")
+    return [{"eval": f"task {row.pop('task')}", **row} for row in report.rows()]
 
 
 main = cli_main(run, Args, doc=__doc__)

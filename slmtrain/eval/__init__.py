@@ -1,7 +1,10 @@
 """Evaluation: what a model can do and what it costs to run.
 
 perplexity  perplexity and bits per byte on held-out shards, text files or strings
-tasks       multiple choice (HellaSwag, ARC, PIQA formats) by log-likelihood and GSM8K-style exact match
+tasks       the one task registry: item kinds, few-shot prompts, task files; benchmarks (lm-eval prompts over the
+            installed benchmark data), benchmark_data (reading it), deploy_tasks, passkey register into it
+scoring     log-likelihoods with shared contexts, greedy generation, a task's metrics
+suites      suites by task family, the CORE score, the evaluation report
 harness     an lm-evaluation-harness ``LM`` over slmtrain models, for any harness task, offline from local data
 runtime     llama-bench style prefill/decode speed, TTFT, memory, energy, and the roofline prediction
 quantize    int8 / int8-dynamic / int4 linear layers and the perplexity they cost
@@ -13,10 +16,23 @@ Functions take a :class:`slmtrain.model.transformer.Transformer` and, where text
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from slmtrain.config import UserError
-from slmtrain.artifacts import TextTokenizer
+
+if TYPE_CHECKING:
+    from slmtrain.artifacts import TextTokenizer
 
 __all__ = ["TextTokenizer", "document_prefix_id"]
+
+
+def __getattr__(name: str) -> Any:
+    """TextTokenizer on first use: task names are checked before any command imports torch (through artifacts)."""
+    if name == "TextTokenizer":
+        from slmtrain.artifacts import TextTokenizer
+
+        return TextTokenizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def document_prefix_id(tokenizer: TextTokenizer) -> int:

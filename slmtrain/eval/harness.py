@@ -1,7 +1,7 @@
 """lm-evaluation-harness adapter: any harness task (built in, or a local YAML with local data) on an slmtrain model.
 
 :class:`SlmtrainLM` implements the three request types of ``lm_eval.api.model.LM`` with the same scoring code as
-:mod:`slmtrain.eval.tasks` and :mod:`slmtrain.eval.perplexity`, so a task scored both ways gives the same numbers.
+:mod:`slmtrain.eval.scoring` and :mod:`slmtrain.eval.perplexity`, so a task scored both ways gives the same numbers.
 Offline use: point ``include_path`` at a folder of task YAMLs whose ``dataset_path: json`` reads local files.
 """
 
@@ -17,7 +17,7 @@ from lm_eval.api.model import LM
 from slmtrain.config import UserError
 from slmtrain.eval import TextTokenizer, document_prefix_id
 from slmtrain.eval.perplexity import sequence_nll
-from slmtrain.eval.tasks import encode_pair, greedy_until, loglikelihoods
+from slmtrain.eval.scoring import encode_pair, greedy_until, loglikelihoods
 from slmtrain.model.transformer import Transformer
 
 
@@ -32,7 +32,7 @@ class SlmtrainLM(LM):
     def loglikelihood(self, requests: list[Any]) -> list[tuple[float, bool]]:
         pairs = [encode_pair(self.tokenizer, context, continuation) for context, continuation in
                  (r.args for r in requests)]
-        return loglikelihoods(self.model, pairs, self.batch_size)
+        return [(s.loglikelihood, s.is_greedy) for s in loglikelihoods(self.model, pairs, self.batch_size)]
 
     def loglikelihood_rolling(self, requests: list[Any]) -> list[float]:
         prefix = document_prefix_id(self.tokenizer)
@@ -47,8 +47,9 @@ class SlmtrainLM(LM):
                 raise UserError("SlmtrainLM decodes greedily; the task asks for sampling (do_sample/temperature)")
             until = kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
-            outputs.append(greedy_until(self.model, self.tokenizer, context, until,
-                                        int(kwargs.get("max_gen_toks", self.max_gen_tokens))))
+            output, _ = greedy_until(self.model, self.tokenizer, context, until,
+                                     int(kwargs.get("max_gen_toks", self.max_gen_tokens)))
+            outputs.append(output)
         return outputs
 
 

@@ -29,12 +29,12 @@ import numpy as np
 
 from slmtrain.config import ConfigError, UserError, require
 from slmtrain.eval.codesign import pareto_flags
-from slmtrain.eval.deploy_tasks import deploy_task_names
-from slmtrain.eval.tasks import DATA_DIR
+from slmtrain.eval.deploy_tasks import DEPLOY_DIR
 from slmtrain.hardware import DeviceProfile, get_profile, profile_names
 
-HELD_OUT_TEXT = DATA_DIR / "text" / "held-out-mini.jsonl"
-DEFAULT_TASKS = ("arc-mini", "piqa-mini", *deploy_task_names())
+HELD_OUT_TEXT = DEPLOY_DIR.parent / "text" / "held-out-mini.jsonl"
+DEFAULT_TASKS = ("hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande",
+                 *sorted(p.stem for p in DEPLOY_DIR.glob("*.jsonl")))
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
@@ -48,7 +48,7 @@ class LeaderboardOptions:
     device_profile: str = "host"  # roofline prediction: host (measured here) or a slmtrain.hardware profile
     dtype: Literal["fp32", "bf16"] = "bf16"  # compute dtype of every model (quantised weights dequantise to it)
     shots: int = 0  # few-shot examples per task item, the same for every model
-    limit: int | None = None  # items per task (None: all)
+    limit: int | None = 500  # the first N items of each task (None: all)
     max_new_tokens: int = 64  # generated tokens per item of the generation tasks, at most
     context: int = 512  # context budget of every model: perplexity window, bench prompt + gen
     prompt: int = 128  # bench prefill / TTFT prompt
@@ -70,10 +70,10 @@ class LeaderboardOptions:
             require(getattr(self, key) > 0, key, f"must be positive, got {getattr(self, key)}")
         require(self.shots >= 0 and self.warmup >= 0, "shots", "shots and warmup must be >= 0")
         # read now, before minutes of benchmarking (and for models without a tokenizer, whose scores are skipped)
-        from slmtrain.eval.deploy_tasks import load_any_task
+        from slmtrain.eval.suites import check_task_name
 
         for name in self.tasks:
-            load_any_task(name)
+            check_task_name(name)
         for path in self.text:
             require(Path(path).is_file(), "text", f"{path} not found")
 
@@ -114,8 +114,9 @@ def mean_of(values: np.ndarray) -> float:
 
 def capability(model: Any, tokenizer: Any, options: LeaderboardOptions) -> dict[str, Any]:
     """Bits per byte of the held-out documents and each task's headline metric, with bootstrap intervals."""
-    from slmtrain.eval.deploy_tasks import evaluate_any_task, load_any_task
     from slmtrain.eval.perplexity import perplexity_of_texts, read_documents
+    from slmtrain.eval.scoring import evaluate_task
+    from slmtrain.eval.tasks import load_task
 
     row: dict[str, Any] = {}
     if options.text:
@@ -126,9 +127,9 @@ def capability(model: Any, tokenizer: Any, options: LeaderboardOptions) -> dict[
         row["bits_per_byte_low"], row["bits_per_byte_high"] = bootstrap_interval(
             (nll, size), bits_per_byte_of, options.bootstrap, options.seed)
     for name in options.tasks:
-        result = evaluate_any_task(model, tokenizer, load_any_task(name), options.shots, options.limit,
-                                   max_new_tokens=options.max_new_tokens)
-        metric = next(iter(result.metrics))  # the format's headline: acc, exact_match or valid_json first
+        result = evaluate_task(model, tokenizer, load_task(name), options.shots, options.limit,
+                               max_new_tokens=options.max_new_tokens)
+        metric = result.headline
         key = f"{result.task}.{metric}"
         row[key] = result.metrics[metric]
         row[f"{key}_low"], row[f"{key}_high"] = bootstrap_interval(

@@ -107,6 +107,24 @@ class KVCache:
             return self.keys[layer, used, :, : self.end], self.values[layer, used, :, : self.end]
         return self.keys[layer, :, :, : self.end], self.values[layer, :, :, : self.end]
 
+    def select_rows(self, rows: torch.Tensor, max_len: int | None = None) -> KVCache:
+        """A ragged cache whose row i is a copy of this cache's row ``rows[i]`` (keys, values, filled length), with
+        room for ``max_len`` positions: a prefix computed once, continued differently in several rows."""
+        copy = KVCache.__new__(KVCache)
+        max_len = self.max_len if max_len is None else max_len
+        kept = min(max_len, self.max_len)
+        layers, _, heads, _, head_dim = self.keys.shape
+        shape = (layers, len(rows), heads, max_len, head_dim)
+        copy.keys = self.keys.new_zeros(shape)
+        copy.values = self.values.new_zeros(shape)
+        copy.keys[..., :kept, :] = self.keys[:, rows, :, :kept]
+        copy.values[..., :kept, :] = self.values[:, rows, :, :kept]
+        copy.max_len, copy.length, copy.used_rows = max_len, self.length, len(rows)
+        lengths = self.row_lengths if self.row_lengths is not None else torch.full_like(rows, self.length)
+        copy.row_lengths = lengths[rows].clone()
+        copy.query_positions, copy.end = None, 0
+        return copy
+
     def advance(self, t: int) -> None:
         """The pass's ``t`` tokens are in every layer."""
         self.length += t
@@ -258,6 +276,18 @@ class Transformer(nn.Module):
         """Logits (B, T, vocab_size). ``doc_ids`` (B, T) masks attention across packed documents. With ``targets``
         (B, T) it returns the mean cross-entropy over the targets that are not ``loss.IGNORE_INDEX`` instead, computed
         chunk by chunk (slmtrain.model.loss) so that the (B, T, vocab) logits never exist."""
+        x = self.hidden_states(input_ids, doc_ids=doc_ids, cache=cache)
+        if targets is not None:
+            head = self.lm_head.weight
+            if self.config.padded_vocab_size != self.config.vocab_size:  # sliced only then: the slice's backward
+                head = head[: self.config.vocab_size]  # writes a full-size gradient; padding stays out of the softmax
+            return linear_cross_entropy(x.flatten(0, 1), head, targets.flatten())
+        return self.logits(x)
+
+    def hidden_states(self, input_ids: torch.Tensor, *, doc_ids: torch.Tensor | None = None,
+                      cache: KVCache | None = None) -> torch.Tensor:
+        """The final normed hidden states (B, T, d_model): what the head turns into logits. A caller that needs
+        logits at a few positions only (scoring continuations) applies :meth:`logits` to those."""
         t = input_ids.shape[1]
         positions = torch.arange(t, device=input_ids.device) if cache is None else cache.positions(t)
         end = t if cache is None else cache.end
@@ -273,13 +303,10 @@ class Transformer(nn.Module):
             x = block(x, rope, doc_ids, cache, layer)
         if cache is not None:
             cache.advance(t)
-        x = self.norm(x)
-        if targets is not None:
-            head = self.lm_head.weight
-            if self.config.padded_vocab_size != self.config.vocab_size:  # sliced only then: the slice's backward
-                head = head[: self.config.vocab_size]  # writes a full-size gradient; padding stays out of the softmax
-            return linear_cross_entropy(x.flatten(0, 1), head, targets.flatten())
-        logits = self.lm_head(x)
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(hidden)
         if self.config.padded_vocab_size != self.config.vocab_size:
             logits = logits[..., : self.config.vocab_size]
         return logits

@@ -50,9 +50,10 @@ def test_task_prompts_get_the_retrieved_context(task):
     index = build_index(read_documents([task["notes.txt"]]), "bm25", chunk_words=8)
     augmented = with_retrieval(questions, index, k=2)
     first = augmented.items[0]
-    assert first.context.startswith(CONTEXT_HEADER) and first.context.endswith(questions.items[0].context)
-    assert first.context.count("\n") == questions.items[0].context.count("\n") + 4  # header, 2 chunks, blank
-    assert first.choices == questions.items[0].choices and first.label == questions.items[0].label
+    original = questions.items[0].contexts[0]
+    assert all(c.startswith(CONTEXT_HEADER) and c.endswith(original) for c in first.contexts)
+    assert first.contexts[0].count("\n") == original.count("\n") + 4  # header, 2 chunks, blank
+    assert first.continuations == questions.items[0].continuations and first.label == questions.items[0].label
     with pytest.raises(UserError, match="no text to index"):
         build_index(["\n \n"])
     (task["notes.txt"].parent / "binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")

@@ -11,6 +11,7 @@ from slmtrain.model import presets
 from slmtrain.model.transformer import Transformer
 
 BOS, EOS = 256, 257
+FIXTURES = Path(__file__).resolve().parent / "data"  # small task files in the datasets' formats, written here
 
 
 class ByteTokenizer:

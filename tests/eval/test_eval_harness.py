@@ -8,7 +8,9 @@ from tests.eval.eval_helpers import BOS
 from slmtrain.config import UserError
 from slmtrain.eval.harness import SlmtrainLM, run_harness
 from slmtrain.eval.perplexity import sequence_nll
-from slmtrain.eval.tasks import DATA_DIR, encode_pair, evaluate_task, greedy_until, load_task, loglikelihoods
+from slmtrain.eval.scoring import encode_pair, evaluate_task, greedy_until, loglikelihoods
+from slmtrain.eval.tasks import load_task
+from tests.eval.eval_helpers import FIXTURES
 
 PIQA_YAML = """task: piqa_local
 dataset_path: json
@@ -28,7 +30,7 @@ metric_list:
 
 
 def test_a_local_harness_task_runs_offline_and_agrees_with_slmtrain_scoring(model, tokenizer, tmp_path):
-    yaml = PIQA_YAML.format(data=DATA_DIR / "piqa-mini.jsonl", cache=tmp_path / "cache")
+    yaml = PIQA_YAML.format(data=FIXTURES / "piqa-mini.jsonl", cache=tmp_path / "cache")
     (tmp_path / "piqa_local.yaml").write_text(yaml)
     out = run_harness(model, tokenizer, ["piqa_local"], include_path=tmp_path, log_samples=True)
     samples = out["samples"]["piqa_local"]
@@ -36,9 +38,9 @@ def test_a_local_harness_task_runs_offline_and_agrees_with_slmtrain_scoring(mode
     for sample in samples:
         pairs = [encode_pair(tokenizer, context, continuation) for context, continuation in sample["arguments"]]
         ours = loglikelihoods(model, pairs)
-        assert [ll for ll, _ in sample["filtered_resps"]] == pytest.approx([ll for ll, _ in ours], abs=1e-5)
+        assert [ll for ll, _ in sample["filtered_resps"]] == pytest.approx([s.loglikelihood for s in ours], abs=1e-5)
     metrics = out["results"]["piqa_local"]
-    expected = evaluate_task(model, tokenizer, load_task("piqa-mini")).metrics
+    expected = evaluate_task(model, tokenizer, load_task(FIXTURES / "piqa-mini.jsonl")).metrics
     assert metrics["acc,none"] == expected["acc"] and metrics["acc_norm,none"] == expected["acc_norm"]
 
 
@@ -52,7 +54,7 @@ def test_rolling_and_generation_requests(model, tokenizer):
     [rolling] = lm.loglikelihood_rolling([request(text)])
     assert rolling == pytest.approx(-sequence_nll(model, [BOS, *tokenizer.encode(text)]))
     [generated] = lm.generate_until([request("Q: hi\nA:", {"until": ["\n\n"], "max_gen_toks": 8})])
-    assert generated == greedy_until(model, tokenizer, "Q: hi\nA:", ["\n\n"], 8)
+    assert generated == greedy_until(model, tokenizer, "Q: hi\nA:", ["\n\n"], 8)[0]
     with pytest.raises(UserError, match="greedily"):
         lm.generate_until([request("Q", {"do_sample": True, "temperature": 0.7})])
 

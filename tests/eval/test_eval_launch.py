@@ -13,6 +13,7 @@ import pytest
 
 from slmtrain.model.formats.gguf import read_gguf
 
+from tests.eval.eval_helpers import FIXTURES
 from tests.output import diagnostics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,14 +29,21 @@ def test_eval_on_an_hf_directory_runs_tasks_and_perplexity(hf_dir, tmp_path, cap
     text.write_text(pydoc_data.topics.topics["if"][:120])
     results = tmp_path / "results.csv"
     main = launch("eval")
-    assert main([f"model={hf_dir}", "tasks=piqa-mini,gsm8k-mini", "limit=2", f"text={text}",
+    piqa, gsm8k, arc = (FIXTURES / f"{name}-mini.jsonl" for name in ("piqa", "gsm8k", "arc"))
+    assert main([f"model={hf_dir}", f"tasks={piqa},{gsm8k}", "limit=2", f"text={text}",
                  "quant=int8", f"csv={results}"]) == 0
-    assert main([f"model={hf_dir}", "tasks=arc-mini", "shots=1", "limit=1", f"csv={results}"]) == 0
+    scores = tmp_path / "scores.json"
+    assert main([f"model={hf_dir}", f"tasks={arc}", "shots=1", "limit=1", f"csv={results}", f"json={scores}"]) == 0
     out = capsys.readouterr().out
     assert "task piqa-mini" in out and "exact_match" in out and "bits_per_byte" in out
     rows = list(csv.DictReader(results.open()))
-    assert [r["eval"].split()[0] for r in rows] == ["perplexity", "perplexity", "task", "task", "task"]
-    assert rows[-1]["task"] == "arc-mini" and rows[-1]["shots"] == "1" and rows[0]["acc"] == ""
+    assert [r["eval"] for r in rows] == ["perplexity text (1 docs)", "perplexity text (1 docs)", "task piqa-mini",
+                                         "task gsm8k-mini", "task arc-mini"]
+    assert rows[-1]["shots"] == "1" and rows[-1]["n"] == "1" and rows[0]["acc"] == ""
+    written = json.loads(scores.read_text())
+    assert set(written["arc-mini"]) >= {"acc", "acc_norm", "bpb", "acc_stderr", "n"}
+    [record] = [json.loads(line) for line in scores.with_suffix(".items.jsonl").open()]
+    assert record["task"] == "arc-mini" and record["index"] == 0 and len(record["loglikelihoods"]) == 4
 
 
 def test_bench_device_prints_one_json_object(capsys):
@@ -68,13 +76,14 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
      "error: depth 100000 + gen 16 exceeds max_seq_len=128"),
     ("route", ["demo", "max_digits=0"], "error: max_digits: must be >= 1, got 0"),
     ("export_hf", ["ckpt=tiny", "out="], "error: out: expected a path, got nothing"),
-    ("eval", ["model=tiny", "tasks=arc-mini", "task_dir=/nonexistent"],
-     "error: task_dir: /nonexistent is not a folder of task .jsonl files"),
+    ("eval", ["model=tiny", "tasks=hellaswag,nosuch"],
+     "error: tasks: unknown task 'nosuch'; valid choices: arc_challenge, arc_challenge:mc, "),
     ("leaderboard", ["models=tiny", "out=board", "text=/nonexistent.txt"], "error: text: /nonexistent.txt not found"),
 ])
 def test_values_out_of_range_are_refused_before_any_work(script, args, error, tmp_path):
     """Each was a traceback, a silently ignored value or an output written to ./None."""
     run = subprocess.run([sys.executable, str(REPO / "launch" / f"{script}.py"), *args], capture_output=True,
                          text=True, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
-    assert (run.returncode, diagnostics(run.stderr)) == (2, error + "\n")
+    message = diagnostics(run.stderr)
+    assert run.returncode == 2 and message.startswith(error) and message.count("\n") == 1, message
     assert not any(tmp_path.iterdir())

@@ -11,7 +11,7 @@ from slmtrain.eval.leaderboard import LeaderboardOptions, bootstrap_interval, le
 def test_two_tiny_models_at_two_precisions_write_every_file(hf_dir, tmp_path):
     options = build(LeaderboardOptions, {
         "models": [str(hf_dir), "tiny"], "quant": ["none", "int8"], "out": tmp_path / "board",
-        "tasks": ["arc-mini", "triage-mini", "tap-target-mini", "function-call-mini"], "limit": 2,
+        "tasks": ["arc_easy", "triage-mini", "tap-target-mini", "function-call-mini"], "limit": 2,
         "max_new_tokens": 6,
         "context": 64, "prompt": 16, "gen": 4, "repeats": 1, "bootstrap": 200, "dtype": "fp32"})
     rows = leaderboard(options)
@@ -29,7 +29,7 @@ def test_two_tiny_models_at_two_precisions_write_every_file(hf_dir, tmp_path):
     assert quantized["weight_bytes"] < scored["weight_bytes"]
     assert quantized["bits_per_byte"] != scored["bits_per_byte"]  # the int8 weights were scored, not the float ones
     assert quantized["bits_per_byte"] == pytest.approx(scored["bits_per_byte"], rel=0.05)
-    for key in ("arc-mini.acc", "triage-mini.acc", "tap-target-mini.exact_match", "function-call-mini.valid_json"):
+    for key in ("arc_easy.acc", "triage-mini.acc", "tap-target-mini.exact_match", "function-call-mini.valid_json"):
         assert 0 <= scored[key] <= 1 and scored[f"{key}_low"] <= scored[key] <= scored[f"{key}_high"], key
     markdown = paths[1].read_text()
     assert "bits/byte [95% CI]" in markdown and "n/a" in markdown and markdown.count("\n| ") == 4
