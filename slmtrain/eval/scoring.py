@@ -5,10 +5,10 @@ Log-likelihoods are lm-evaluation-harness's: the context is conditioned on the t
 (tokens may merge across the seam), trailing context spaces move to the continuation, and a request longer than the
 model's context is cut from the left, keeping ``max_seq_len`` inputs.
 
-Work is shared the way fast runtimes share it: the choices of one item have one context, so the context runs once
-(batched over items, right-padded) into a KV cache, the cache's rows are copied once per choice
-(:meth:`KVCache.select_rows`), and all choices run together from there; the head is applied only where a
-continuation token is predicted. Requests are sorted by length so that padding stays small.
+Work is shared the way fast runtimes share it: the choices of one item have one context, so an item is packed as one
+tree (the context once, then each choice as a branch that sees the context and itself, its positions restarting where
+the context ends: :class:`slmtrain.model.transformer.Packing`), items are packed into rows of about ``ROW_TOKENS``
+tokens without padding between them, and the head is applied only where a continuation token is predicted.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from slmtrain.config import ConfigError, UserError
 from slmtrain.eval import TextTokenizer, document_prefix_id
 from slmtrain.eval.tasks import Generation, MultipleChoice, Task, TaskResult, fewshot_prefix
-from slmtrain.model.transformer import KVCache, Transformer
+from slmtrain.model.transformer import KVCache, Packing, Transformer
 
-ROWS_PER_BATCH = 32  # continuations scored together; bounds the copied KV cache (rows x layers x positions)
+ROW_TOKENS = 192  # packed row length: attention over a row costs O(row^2), the matmuls O(row)
+BATCH_TOKENS = 4096  # tokens per forward pass
 
 
 def encode_pair(tokenizer: TextTokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -47,9 +48,37 @@ class Scored:
     truncated: bool  # the context was cut from the left to fit the model
 
 
+@dataclass(frozen=True)
+class _Tree:
+    """One context and the continuations scored after it: ``inputs`` are the context then each continuation but its
+    last token; the continuation tokens are predicted from the positions ``predictors`` (per continuation)."""
+
+    members: list[int]  # indices of the pairs
+    inputs: list[int]
+    branches: list[int]
+    positions: list[int]
+    predictors: list[list[int]]
+    truncated: bool
+
+
+def _tree(pairs: Sequence[tuple[list[int], list[int]]], members: list[int], max_len: int) -> _Tree:
+    context, continuation = pairs[members[0]]
+    whole = (context + continuation)[-(max_len + 1):]  # only a lone pair is ever cut (see loglikelihoods)
+    kept = whole[: len(whole) - len(continuation)]
+    inputs, branches, positions = list(kept), [0] * len(kept), list(range(len(kept)))
+    predictors = []
+    for branch, m in enumerate(members, start=1):
+        tail = pairs[m][1][:-1]
+        predictors.append([len(kept) - 1, *range(len(inputs), len(inputs) + len(tail))])
+        inputs += tail
+        branches += [branch] * len(tail)
+        positions += range(len(kept), len(kept) + len(tail))
+    return _Tree(members, inputs, branches, positions, predictors, len(whole) < len(context) + len(continuation))
+
+
 @torch.no_grad()
 def loglikelihoods(model: Transformer, pairs: Sequence[tuple[list[int], list[int]]],
-                   rows_per_batch: int = ROWS_PER_BATCH) -> list[Scored]:
+                   batch_tokens: int = BATCH_TOKENS) -> list[Scored]:
     """log p(continuation | context) for each (context ids, continuation ids), in the order given. Pairs with the
     same context ids share its computation."""
     max_len = model.config.max_seq_len
@@ -62,76 +91,71 @@ def loglikelihoods(model: Transformer, pairs: Sequence[tuple[list[int], list[int
             groups[(-index - 1, *context)] = [index]  # a key no other pair has
         else:
             groups.setdefault(tuple(context), []).append(index)
-    def extent(members: list[int]) -> tuple[int, int]:  # (shared prefix, longest continuation) in positions
-        context, tail = len(pairs[members[0]][0]), max(len(pairs[m][1]) for m in members)
-        return min(context, max_len + 1 - tail) - 1, tail
-
-    order = sorted(groups.values(), key=lambda members: -sum(extent(members)))
+    trees = sorted((_tree(pairs, members, max_len) for members in groups.values()), key=lambda t: -len(t.inputs))
+    rows: list[list[_Tree]] = []  # first fit, longest first: rows of about ROW_TOKENS, a longer tree alone
+    room: list[int] = []
+    for tree in trees:
+        fit = next((r for r, free in enumerate(room) if free >= len(tree.inputs)), None)
+        if fit is None:
+            rows.append([tree])
+            room.append(max(ROW_TOKENS, len(tree.inputs)) - len(tree.inputs))
+        else:
+            rows[fit].append(tree)
+            room[fit] -= len(tree.inputs)
     results: list[Scored | None] = [None] * len(pairs)
-    batch: list[list[int]] = []
-    prefix = tail = 0
-    for members in order:
-        p, t = extent(members)
-        # padded rows all run to the batch's longest prefix + longest continuation: keep that within the model
-        if batch and (sum(map(len, batch)) + len(members) > rows_per_batch or max(prefix, p) + max(tail, t) > max_len):
-            _score_batch(model, pairs, batch, results)
-            batch, prefix, tail = [], 0, 0
-        batch.append(members)
-        prefix, tail = max(prefix, p), max(tail, t)
+    batch: list[list[_Tree]] = []
+    for row in rows:  # rows are in falling length order, so a batch's padding is small
+        width = sum(len(t.inputs) for t in (batch[0] if batch else row))
+        if batch and width * (len(batch) + 1) > batch_tokens:
+            _score_rows(model, pairs, batch, results)
+            batch = []
+        batch.append(row)
     if batch:
-        _score_batch(model, pairs, batch, results)
+        _score_rows(model, pairs, batch, results)
     return results  # type: ignore[return-value]
 
 
-def _score_batch(model: Transformer, pairs: Sequence[tuple[list[int], list[int]]], groups: list[list[int]],
-                 results: list[Scored | None]) -> None:
-    """One forward over the groups' shared prefixes, one over every continuation."""
-    max_len = model.config.max_seq_len
+def _score_rows(model: Transformer, pairs: Sequence[tuple[list[int], list[int]]], rows: list[list[_Tree]],
+                results: list[Scored | None]) -> None:
     device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    prefixes, truncated = [], []
-    for members in groups:
-        context, continuation = pairs[members[0]]
-        whole = (context + continuation)[-(max_len + 1):]
-        truncated.append(len(whole) < len(context) + len(continuation))
-        kept = whole[: len(whole) - len(continuation)]
-        prefixes.append(kept[:-1])  # the context's last token starts each continuation's row
-    width = max(map(len, prefixes))
-    rows, row_group, row_pairs = [], [], []
-    for g, members in enumerate(groups):
-        for m in members:
-            context, continuation = pairs[m]
-            rows.append([context[-1], *continuation[:-1]])
-            row_group.append(g)
-            row_pairs.append(m)
-    tail_width = max(map(len, rows))
-    source = KVCache(model.config, len(groups), max(width, 1), device, dtype, ragged=True)
-    if width:
-        ids = torch.zeros(len(groups), width, dtype=torch.long, device=device)
-        for g, prefix in enumerate(prefixes):
-            ids[g, : len(prefix)] = torch.as_tensor(prefix)
-        model.check_token_ids(ids)
-        model.hidden_states(ids, cache=source)
-    source.row_lengths = torch.as_tensor([len(p) for p in prefixes], device=device)
-    cache = source.select_rows(torch.as_tensor(row_group, device=device), width + tail_width)
-    ids = torch.zeros(len(rows), tail_width, dtype=torch.long, device=device)
+    width = max(sum(len(t.inputs) for t in row) for row in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    docs = torch.full((len(rows), width), -1, dtype=torch.long)  # padding: a document of its own
+    branches = torch.zeros(len(rows), width, dtype=torch.long)
+    positions = torch.zeros(len(rows), width, dtype=torch.long)
+    where: list[tuple[int, int, _Tree]] = []  # (row, offset, tree)
     for r, row in enumerate(rows):
-        ids[r, : len(row)] = torch.as_tensor(row)
+        offset = 0
+        for d, tree in enumerate(row):
+            span = slice(offset, offset + len(tree.inputs))
+            ids[r, span], docs[r, span] = torch.as_tensor(tree.inputs), d
+            branches[r, span], positions[r, span] = torch.as_tensor(tree.branches), torch.as_tensor(tree.positions)
+            where.append((r, offset, tree))
+            offset += len(tree.inputs)
     model.check_token_ids(ids)
-    hidden = model.hidden_states(ids, cache=cache)
-    spans = [len(pairs[m][1]) for m in row_pairs]
-    picked = torch.cat([hidden[r, :span] for r, span in enumerate(spans)])
+    packing = Packing(docs.to(device), branches.to(device), positions.to(device))
+    hidden = model.hidden_states(ids.to(device), packing=packing)
+    rows_index, columns, targets, owners = [], [], [], []
+    for r, offset, tree in where:
+        for m, predictors in zip(tree.members, tree.predictors):
+            rows_index += [r] * len(predictors)
+            columns += [offset + p for p in predictors]
+            targets += pairs[m][1]
+            owners += [m] * len(predictors)
+    picked = hidden[torch.as_tensor(rows_index, device=device), torch.as_tensor(columns, device=device)]
     logprobs = F.log_softmax(model.logits(picked).float(), dim=-1)
-    targets = torch.as_tensor([t for m in row_pairs for t in pairs[m][1]], device=device)
-    token_ll = logprobs.gather(-1, targets[:, None]).squeeze(-1)
-    greedy = logprobs.argmax(-1) == targets
+    target = torch.as_tensor(targets, device=device)
+    token_ll = logprobs.gather(-1, target[:, None]).squeeze(-1).tolist()
+    greedy = (logprobs.argmax(-1) == target).tolist()
+    truncated = {m: tree.truncated for _, _, tree in where for m in tree.members}
     start = 0
-    for r, m in enumerate(row_pairs):
-        end = start + spans[r]
-        total = float(token_ll[start:end].sum())
+    while start < len(owners):
+        m = owners[start]
+        end = start + len(pairs[m][1])
+        total = sum(token_ll[start:end])
         if not math.isfinite(total):
             raise UserError(f"non-finite log-likelihood ({total}): the model produces NaN/inf logits")
-        results[m] = Scored(total, bool(greedy[start:end].all()), truncated[row_group[r]])
+        results[m] = Scored(total, all(greedy[start:end]), truncated[m])
         start = end
 
 

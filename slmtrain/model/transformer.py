@@ -9,6 +9,7 @@ unchanged model. Weight layout follows the Llama family (pre-norm, RoPE with rot
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
+# -------------------------------------------------------------------------------------------------------- packing
+@dataclass(frozen=True)
+class Packing:
+    """How the tokens of a (B, T) batch relate, when not one causal sequence per row: ``doc_ids`` (B, T) keeps packed
+    documents apart; ``branch_ids`` (B, T) lets branch b > 0 of a document see only its branch-0 prefix and itself;
+    ``positions`` (B, T) are each token's RoPE / learned positions (a branch restarts where its prefix ends)."""
+
+    doc_ids: torch.Tensor | None = None
+    branch_ids: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+
+
 # ------------------------------------------------------------------------------------------------------- KV cache
 class KVCache:
     """Preallocated keys and values of every layer for incremental decoding. Its rows share one ``length``, except
@@ -107,24 +120,6 @@ class KVCache:
             return self.keys[layer, used, :, : self.end], self.values[layer, used, :, : self.end]
         return self.keys[layer, :, :, : self.end], self.values[layer, :, :, : self.end]
 
-    def select_rows(self, rows: torch.Tensor, max_len: int | None = None) -> KVCache:
-        """A ragged cache whose row i is a copy of this cache's row ``rows[i]`` (keys, values, filled length), with
-        room for ``max_len`` positions: a prefix computed once, continued differently in several rows."""
-        copy = KVCache.__new__(KVCache)
-        max_len = self.max_len if max_len is None else max_len
-        kept = min(max_len, self.max_len)
-        layers, _, heads, _, head_dim = self.keys.shape
-        shape = (layers, len(rows), heads, max_len, head_dim)
-        copy.keys = self.keys.new_zeros(shape)
-        copy.values = self.values.new_zeros(shape)
-        copy.keys[..., :kept, :] = self.keys[:, rows, :, :kept]
-        copy.values[..., :kept, :] = self.values[:, rows, :, :kept]
-        copy.max_len, copy.length, copy.used_rows = max_len, self.length, len(rows)
-        lengths = self.row_lengths if self.row_lengths is not None else torch.full_like(rows, self.length)
-        copy.row_lengths = lengths[rows].clone()
-        copy.query_positions, copy.end = None, 0
-        return copy
-
     def advance(self, t: int) -> None:
         """The pass's ``t`` tokens are in every layer."""
         self.length += t
@@ -153,7 +148,7 @@ class Attention(nn.Module):
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None,
-        doc_ids: torch.Tensor | None,
+        packing: Packing,
         cache: KVCache | None,
         layer: int,
     ) -> torch.Tensor:
@@ -174,7 +169,8 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)
             query_positions = cache.query_positions
-        y = attend(q, k, v, backend=self.backend, doc_ids=doc_ids, query_positions=query_positions)
+        y = attend(q, k, v, backend=self.backend, doc_ids=packing.doc_ids, branch_ids=packing.branch_ids,
+                   query_positions=query_positions)
         return self.out(y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
 
 
@@ -220,8 +216,8 @@ class Block(nn.Module):
         self.mlp_norm = make_norm(config, config.d_model)
         self.mlp = make_ffn(config, layer)
 
-    def forward(self, x, rope, doc_ids, cache, layer):
-        x = x + self.attn(self.attn_norm(x), rope, doc_ids, cache, layer)
+    def forward(self, x, rope, packing, cache, layer):
+        x = x + self.attn(self.attn_norm(x), rope, packing, cache, layer)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -285,12 +281,18 @@ class Transformer(nn.Module):
         return self.logits(x)
 
     def hidden_states(self, input_ids: torch.Tensor, *, doc_ids: torch.Tensor | None = None,
-                      cache: KVCache | None = None) -> torch.Tensor:
+                      cache: KVCache | None = None, packing: Packing | None = None) -> torch.Tensor:
         """The final normed hidden states (B, T, d_model): what the head turns into logits. A caller that needs
-        logits at a few positions only (scoring continuations) applies :meth:`logits` to those."""
+        logits at a few positions only (scoring continuations) applies :meth:`logits` to those. ``packing`` gives
+        explicit positions and document / branch ids (a tree of continuations sharing a prefix, without a cache)."""
         t = input_ids.shape[1]
-        positions = torch.arange(t, device=input_ids.device) if cache is None else cache.positions(t)
-        end = t if cache is None else cache.end
+        packing = packing or Packing(doc_ids=doc_ids)
+        if packing.positions is not None:
+            positions = packing.positions
+            end = int(positions.max()) + 1 if positions.numel() else 0
+        else:
+            positions = torch.arange(t, device=input_ids.device) if cache is None else cache.positions(t)
+            end = t if cache is None else cache.end
         if end > self.config.max_seq_len:
             raise ValueError(f"sequence of {end} tokens exceeds max_seq_len={self.config.max_seq_len}")
         x = self.embed(input_ids)
@@ -300,7 +302,7 @@ class Transformer(nn.Module):
         else:
             rope = rope_cos_sin(positions, self.inv_freq)
         for layer, block in enumerate(self.blocks):
-            x = block(x, rope, doc_ids, cache, layer)
+            x = block(x, rope, packing, cache, layer)
         if cache is not None:
             cache.advance(t)
         return self.norm(x)

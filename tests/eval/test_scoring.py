@@ -27,8 +27,8 @@ def test_loglikelihoods_of_a_padded_batch_match_each_pair_alone(model, tokenizer
              encode_pair(tokenizer, "A", " much longer continuation than the others"),
              encode_pair(tokenizer, "", "x")]
     assert pairs[2] == ([BOS], [ord("x")])  # an empty context is conditioned on the prefix token alone
-    for rows in (1, 2, 32):  # alone, a context's continuations split across batches, everything in one batch
-        results = loglikelihoods(model, pairs + [encode_pair(tokenizer, "A", " b")], rows_per_batch=rows)
+    for rows in (1, 200, 4096):  # one row a forward, a few rows, everything in one forward
+        results = loglikelihoods(model, pairs + [encode_pair(tokenizer, "A", " b")], batch_tokens=rows)
         for (context, continuation), scored in zip(pairs, results):
             assert scored.loglikelihood == pytest.approx(hand_loglikelihood(model, context, continuation), abs=1e-4)
 
