@@ -107,7 +107,7 @@ def test_document_masking_with_a_cache_is_refused() -> None:
     model = tiny_model()
     cache = KVCache(model.config, 1, 8, torch.device("cpu"), torch.float32)
     model(torch.tensor([[1, 2, 3]]), cache=cache)
-    with pytest.raises(ValueError, match="document masking needs doc_ids for every key position"):
+    with pytest.raises(ValueError, match="document and branch masking need ids for every key position"):
         model(torch.tensor([[4]]), cache=cache, doc_ids=torch.tensor([[0]]))
 
 
@@ -352,3 +352,23 @@ def test_unscaled_rope_matches_transformers() -> None:
     config = hf_rope_config(64, 100000.0, {"rope_type": "default"})
     expected = LlamaRotaryEmbedding(config).inv_freq
     torch.testing.assert_close(rope_inverse_frequencies(64, 100000.0, RopeScaling()), expected, atol=0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_a_packed_tree_gives_each_branch_the_logits_it_has_alone(backend) -> None:
+    """Two documents in one row, the first a prefix with two branches: each branch's logits equal the prefix and
+    that branch run alone, its positions restarting where the prefix ends."""
+    from slmtrain.model.transformer import Packing
+
+    model = tiny_model(attention_backend=backend)
+    prefix, first, second, other = [5, 6, 7], [8, 9], [10, 11, 12], [13, 14, 15, 16]
+    ids = torch.tensor([prefix + first + second + other])
+    packing = Packing(doc_ids=torch.tensor([[0] * 8 + [1] * 4]),
+                      branch_ids=torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2, 0, 0, 0, 0]]),
+                      positions=torch.tensor([[0, 1, 2, 3, 4, 3, 4, 5, 0, 1, 2, 3]]))
+    with torch.no_grad():
+        packed = model.logits(model.hidden_states(ids, packing=packing))[0]
+        alone = [model(torch.tensor([seq]))[0] for seq in (prefix + first, prefix + second, other)]
+    torch.testing.assert_close(packed[:5], alone[0], **TOL)
+    torch.testing.assert_close(packed[5:8], alone[1][3:], **TOL)
+    torch.testing.assert_close(packed[8:], alone[2], **TOL)
