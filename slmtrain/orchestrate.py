@@ -32,11 +32,17 @@ def ensure_data(config: DataConfig, workers: int = 1) -> Path:
 
 
 def train_recipe(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """``launch/train.py``: the recipe's data (built when it says how), then the run."""
+    """``launch/train.py``: the recipe's data (built when it says how), then the run, with the benchmarks of
+    ``eval.tasks`` scored as it trains."""
     from slmtrain.train.run import train
 
+    callbacks = []
+    if config.eval.tasks:
+        from slmtrain.eval.in_loop import DownstreamEvaluator
+
+        callbacks.append(DownstreamEvaluator(config.eval, config.run_path))
     ensure_data(config.data)
-    return train(config, resume=resume)
+    return train(config, resume=resume, callbacks=callbacks)
 
 
 @dataclass

@@ -86,6 +86,21 @@ class BatchConfig:
 
 
 @dataclass
+class DownstreamConfig:
+    """Benchmarks scored during training (slmtrain.eval.in_loop), as OLMo-core's downstream evaluators."""
+
+    tasks: list[str] = field(default_factory=list)  # task or suite names (slmtrain eval's); empty: none
+    every_n_steps: int = 500  # and at the last step
+    limit: int | None = 200  # the first N items of each task (None: all)
+    shots: int = 0  # few-shot examples per item (a suite's own counts win)
+
+    def __post_init__(self) -> None:
+        require(self.every_n_steps > 0, "every_n_steps", f"must be positive, got {self.every_n_steps}")
+        require(self.limit is None or self.limit > 0, "limit", f"must be positive (or null: all), got {self.limit}")
+        require(self.shots >= 0, "shots", f"must be >= 0, got {self.shots}")
+
+
+@dataclass
 class TrainConfig:
     name: str = "demo"
     run_dir: str | None = None  # default: runs/NAME
@@ -96,6 +111,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    eval: DownstreamConfig = field(default_factory=DownstreamConfig)  # benchmarks every eval.every_n_steps steps
     trainer: dict[str, Any] = field(default_factory=dict)  # passed to lightning.Trainer (max_steps, devices, ...)
     precision: str = "auto"  # auto: bf16-mixed on GPUs that support it, else 32-true
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
