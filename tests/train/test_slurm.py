@@ -21,7 +21,10 @@ pytestmark = pytest.mark.xdist_group("slurm")
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 32  # the tiny model takes a fraction of a second per step on 2 processes: time to requeue it mid-way
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+def one_thread_env() -> dict[str, str]:
+    """The environment now, one thread: read at each call, after the slurm_cluster fixture has set SLURM_CONF (a copy
+    taken at import left sbatch without a configuration when the cluster was not started beforehand)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def train_args(shards: Path, run_dir: Path) -> list[str]:
@@ -38,7 +41,7 @@ def submit(shards: Path, run_dir: Path) -> str:
     """launch/train.py launcher=slurm with 2 tasks on 1 node; returns the job's name."""
     done = subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), *train_args(shards, run_dir),
                            "launcher=slurm", "slurm.nodes=1", "slurm.ntasks_per_node=2", "slurm.time=00:10:00"],
-                          capture_output=True, text=True, cwd=REPO, env=ONE_THREAD, timeout=120)
+                          capture_output=True, text=True, cwd=REPO, env=one_thread_env(), timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("submitted Slurm job"), done.stdout + done.stderr
     return run_dir.parent.name
 
@@ -49,7 +52,7 @@ def torchrun_losses(shards, tmp_path_factory) -> dict[int, str]:
     torchrun = Path(sys.executable).parent / "torchrun"
     done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(REPO / "launch" / "train.py"),
                            *train_args(shards, run_dir), "strategy=ddp", "trainer.accelerator=cpu", "trainer.devices=2"],
-                          capture_output=True, text=True, cwd=REPO, env=ONE_THREAD, timeout=300)
+                          capture_output=True, text=True, cwd=REPO, env=one_thread_env(), timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     losses = train_losses(run_dir)
     assert sorted(losses) == list(range(1, STEPS + 1))
