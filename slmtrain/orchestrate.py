@@ -121,7 +121,9 @@ def route_demo(options: RouteDemoOptions) -> dict[str, Any]:
     from slmtrain.artifacts import load_model
     from slmtrain.collab import arithmetic
     from slmtrain.collab.commands import CalibrateOptions, EvalOptions, calibrate, evaluate
-    from slmtrain.collab.server import BackgroundServer, ServeOptions, create_app
+    from slmtrain.serve.app import create_app
+    from slmtrain.serve.background import BackgroundServer
+    from slmtrain.serve.schemas import ServeOptions
 
     out, digits = options.out, options.max_digits
     calibration_data = arithmetic.write_examples(out / "calibrate.jsonl", arithmetic.sums(options.examples, digits, 1))
