@@ -24,9 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from slmtrain.artifacts import load_model  # noqa: E402
-from slmtrain.collab.server import BackgroundServer, ServeOptions, create_app  # noqa: E402
 from slmtrain.config import UserError, build, cli_main, split_args  # noqa: E402
 from slmtrain.eval.report import format_table  # noqa: E402
+from slmtrain.serve.app import create_app  # noqa: E402
+from slmtrain.serve.background import BackgroundServer  # noqa: E402
+from slmtrain.serve.schemas import ServeOptions  # noqa: E402
 
 
 @dataclass

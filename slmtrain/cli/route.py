@@ -33,7 +33,9 @@ def run(argv: list[str]) -> int:
         print(format_table(report["rows"]))
         print(format_table([{k: v for k, v in report.items() if k not in ("rows", "curve")}]))
     elif command == "demo":
-        report = commands.demo(announce(build(commands.DemoOptions, overrides, usage=USAGE)))
+        from slmtrain.orchestrate import RouteDemoOptions, route_demo
+
+        report = route_demo(announce(build(RouteDemoOptions, overrides, usage=USAGE)))
         print(format_table([report["calibration"]]))
         print(format_table(report["evaluation"]["rows"]))
         summary = Path(report["calibration"]["router"]).with_name("report.json")
@@ -44,4 +46,4 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-main = cli_main(run, "slmtrain.collab.commands:CalibrateOptions", "slmtrain.collab.commands:EvalOptions", "slmtrain.collab.commands:DemoOptions", doc=__doc__)
+main = cli_main(run, "slmtrain.collab.commands:CalibrateOptions", "slmtrain.collab.commands:EvalOptions", "slmtrain.orchestrate:RouteDemoOptions", doc=__doc__)

@@ -12,11 +12,12 @@ from slmtrain.config import announce, build, cli_main, split_args
 
 
 def run(argv: list[str]) -> int:
-    from slmtrain.collab.server import ServeOptions, serve
+    from slmtrain.serve.app import serve
+    from slmtrain.serve.schemas import ServeOptions
 
     _, overrides = split_args(argv)
     serve(announce(build(ServeOptions, overrides, usage="python launch/serve.py model=PATH [port=8000 api_key=KEY]")))
     return 0
 
 
-main = cli_main(run, "slmtrain.collab.server:ServeOptions", doc=__doc__)
+main = cli_main(run, "slmtrain.serve.schemas:ServeOptions", doc=__doc__)

@@ -1,6 +1,7 @@
-"""Device-cloud collaboration: serve a model over an OpenAI-compatible API (``server``), route each query to the
-local model or a cloud endpoint with a threshold calibrated to a quality target (``routing``, ``calibration``), and
-speed up a large model with a small one (``speculative``)."""
+"""Device-cloud collaboration: route each query to the local model or a cloud endpoint (any OpenAI-compatible
+server, such as ``slmtrain.serve``) with a threshold calibrated to a quality target (``routing``, ``calibration``),
+speed up a large model with a small one (``speculative``), and the per-step decoding they and the server share
+(``decoding``)."""
 
 from slmtrain.collab.speculative import SpeculativeResult, speculative_generate
 

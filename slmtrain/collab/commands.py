@@ -1,5 +1,5 @@
-"""``launch/route.py calibrate | eval | demo``: fit and calibrate a router on your data, measure it on held-out data,
-and the whole path on a task built here (sums, a small and a larger model, the larger one behind a real server)."""
+"""``launch/route.py calibrate | eval``: fit and calibrate a router on your data, measure it on held-out data. The
+``demo`` (the whole path on sums, the larger model behind a real server) spans rooms: ``slmtrain.orchestrate``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 from slmtrain.collab.calibration import GRID, calibrate_threshold, require_enough_examples
 from slmtrain.collab.routing import (Answering, LocalModel, Outcome, Router, collect_outcomes, open_cloud,
                                      prompt_embeddings, read_examples)
-from slmtrain.config import ConfigError, UserError, require
+from slmtrain.config import ConfigError, UserError
 
 
 @dataclass
@@ -157,56 +157,3 @@ def _plot(curve: list[tuple[float, float]], rows: list[dict[str, Any]], required
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
-
-
-
-@dataclass
-class DemoOptions:
-    out: Path = Path("runs/collab_demo")  # models, data, router file, plot and report go here
-    max_digits: int = 2  # sums of numbers with 1 to this many digits
-    small_layers: int = 1  # the local model's depth
-    small_width: int = 48  # and width
-    small_steps: int = 1000  # its training steps (64 sums each)
-    large_layers: int = 2  # the cloud model's depth
-    large_width: int = 96  # and width
-    large_steps: int = 3000  # its training steps
-    examples: int = 1000  # sums to fit and calibrate the router on
-    test_examples: int = 500  # held-out sums to evaluate it on
-    target: float = 0.95  # keep quality >= target x cloud-only quality
-    confidence: float = 0.95  # probability that the guarantee holds
-    embedding: bool = True  # router features include the prompt's MiniLM embedding
-
-    def __post_init__(self) -> None:
-        for key in ("max_digits", "small_layers", "small_width", "small_steps", "large_layers", "large_width",
-                    "large_steps", "examples", "test_examples"):
-            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
-        require(0 < self.target <= 1, "target", f"must be in (0, 1], got {self.target}")
-        require(0 < self.confidence < 1, "confidence", f"must be in (0, 1), got {self.confidence}")
-
-
-def demo(options: DemoOptions) -> dict[str, Any]:
-    """Train a small and a larger adder, serve the larger one over HTTP as the cloud (with an API key), calibrate a
-    router for the small one and evaluate it on held-out sums."""
-    import secrets
-
-    from slmtrain.artifacts import load_model
-    from slmtrain.collab import arithmetic
-    from slmtrain.collab.server import BackgroundServer, ServeOptions, create_app
-
-    out, digits = options.out, options.max_digits
-    calibration_data = arithmetic.write_examples(out / "calibrate.jsonl", arithmetic.sums(options.examples, digits, 1))
-    test_data = arithmetic.write_examples(out / "test.jsonl", arithmetic.sums(options.test_examples, digits, 2))
-    models = {}
-    for name, layers, width, steps in (("small", options.small_layers, options.small_width, options.small_steps),
-                                       ("large", options.large_layers, options.large_width, options.large_steps)):
-        trained = arithmetic.train_adder(arithmetic.adder(layers, width, digits), steps, digits)
-        models[name] = str(arithmetic.save_adder(trained, out / name))
-    key = secrets.token_hex(16)
-    served = ServeOptions(model=models["large"], api_key=key, name="large")
-    with BackgroundServer(create_app(load_model(models["large"]), served)) as cloud:
-        calibrated = calibrate(CalibrateOptions(local=models["small"], cloud=cloud.base_url, data=calibration_data,
-                                                out=out / "router.json", target=options.target,
-                                                confidence=options.confidence, cloud_key=key,
-                                                embedding=options.embedding, max_tokens=digits + 2))
-        evaluated = evaluate(EvalOptions(router=out / "router.json", data=test_data, cloud_key=key))
-    return {"calibration": calibrated, "evaluation": evaluated}

@@ -127,6 +127,43 @@ class KVCache:
             self.row_lengths[: self.used_rows] += t
             self.query_positions = None
 
+    # Row operations of a ragged cache, for a server's continuous batching: a request's prompt is read in a cache of
+    # its own and copied into a free row; a finished request's row is refilled by the last row, so that the rows in
+    # use stay 0..used_rows-1; the cache grows with the longest request rather than holding the whole context.
+    def copy_row(self, row: int, source: KVCache, source_row: int = 0) -> None:
+        """Row ``row`` becomes ``source``'s row ``source_row``: its filled entries and its length. ``source`` may be
+        this cache or another of the same model, ragged or not."""
+        if self.row_lengths is None:
+            raise ValueError("copy_row needs a ragged cache: the rows of a plain cache share one length")
+        length = source.length if source.row_lengths is None else int(source.row_lengths[source_row])
+        if length > self.max_len:
+            raise ValueError(f"KV cache full: {length} positions needed, {self.max_len} allocated")
+        self.keys[:, row, :, :length] = source.keys[:, source_row, :, :length]
+        self.values[:, row, :, :length] = source.values[:, source_row, :, :length]
+        self.row_lengths[row] = length
+
+    def move_row(self, source_row: int, row: int) -> None:
+        """Row ``source_row`` moves to ``row`` (same entries, same length) and is left empty."""
+        self.copy_row(row, self, source_row)
+        self.clear_row(source_row)
+
+    def clear_row(self, row: int) -> None:
+        """Row ``row`` holds nothing; its stale entries stay, unread, until the row is filled again."""
+        if self.row_lengths is None:
+            raise ValueError("clear_row needs a ragged cache: the rows of a plain cache share one length")
+        self.row_lengths[row] = 0
+
+    def grow(self, max_len: int) -> None:
+        """Reallocate for ``max_len`` positions per row, keeping every entry and length."""
+        if max_len < self.max_len:
+            raise ValueError(f"a KV cache only grows: {max_len} positions asked, {self.max_len} held")
+        keys, values = self.keys, self.values
+        shape = (*keys.shape[:3], max_len, keys.shape[4])
+        self.keys, self.values = keys.new_zeros(shape), values.new_zeros(shape)
+        self.keys[:, :, :, : self.max_len] = keys
+        self.values[:, :, :, : self.max_len] = values
+        self.max_len = max_len
+
 
 # ------------------------------------------------------------------------------------------------------ the block
 class Attention(nn.Module):

@@ -13,8 +13,10 @@ from slmtrain.collab import arithmetic
 from slmtrain.collab.commands import CalibrateOptions, EvalOptions, calibrate, evaluate
 from slmtrain.collab.routing import (Answering, CloudEndpoint, LocalModel, Router, collect_outcomes, open_cloud,
                                      read_examples)
-from slmtrain.collab.server import BackgroundServer, ServeOptions, create_app
 from slmtrain.config import ConfigError, UserError
+from slmtrain.serve.app import create_app
+from slmtrain.serve.background import BackgroundServer
+from slmtrain.serve.schemas import ServeOptions
 from tests.eval.test_eval_launch import launch
 
 KEY = "cloud-key"

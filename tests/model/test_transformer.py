@@ -140,9 +140,7 @@ def test_ragged_cache_decodes_rows_of_different_lengths_as_each_alone(overrides:
         for row, ids in enumerate(rows):
             own = KVCache(model.config, 1, 32, torch.device("cpu"), torch.float32)
             model(ids[None, :-5], cache=own)
-            cache.keys[:, row, :, : own.length] = own.keys[:, 0, :, : own.length]
-            cache.values[:, row, :, : own.length] = own.values[:, 0, :, : own.length]
-            cache.row_lengths[row] = own.length
+            cache.copy_row(row, own)
         cache.used_rows = 3
         for step in range(5):
             tokens = torch.stack([ids[len(ids) - 5 + step] for ids in rows])[:, None]
@@ -151,6 +149,83 @@ def test_ragged_cache_decodes_rows_of_different_lengths_as_each_alone(overrides:
                 alone = model(ids[None, : len(ids) - 4 + step])[0, -1]
                 torch.testing.assert_close(batched[row], alone, **TOL)
     assert cache.row_lengths.tolist() == [11, 16, 8, 0]  # the unused row took no part
+
+
+def read_alone(model: Transformer, ids: torch.Tensor, max_len: int = 32) -> KVCache:
+    """A one-row cache holding ``ids`` (1-D), as a server reads a prompt before the prompt joins the batch."""
+    own = KVCache(model.config, 1, max_len, torch.device("cpu"), torch.float32)
+    model(ids[None], cache=own)
+    return own
+
+
+def decode_rows(model: Transformer, cache: KVCache, tokens: list[int]) -> torch.Tensor:
+    """One token more for each of the first len(tokens) rows of a ragged cache: their last logits, (rows, V)."""
+    cache.used_rows = len(tokens)
+    return model(torch.tensor(tokens)[:, None], cache=cache)[:, -1]
+
+
+def test_a_copied_row_decodes_as_its_source() -> None:
+    """copy_row from a plain one-row cache and from another ragged row: the copy's next logits are the source's own
+    (its sequence recomputed whole), and its length is the source's."""
+    model = tiny_model()
+    ids = torch.randint(0, 256, (9,), generator=torch.Generator().manual_seed(1))
+    other = torch.randint(0, 256, (4,), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(ids[None])[0, -1]
+        cache = KVCache(model.config, 3, 16, torch.device("cpu"), torch.float32, ragged=True)
+        cache.copy_row(0, read_alone(model, other))
+        cache.copy_row(1, read_alone(model, ids[:-1]))
+        cache.copy_row(2, cache, 1)
+        assert cache.row_lengths.tolist() == [4, 8, 8]
+        logits = decode_rows(model, cache, [0, int(ids[-1]), int(ids[-1])])
+        other_expected = model(torch.cat([other, torch.tensor([0])])[None])[0, -1]
+    torch.testing.assert_close(logits[1], expected, **TOL)
+    torch.testing.assert_close(logits[2], expected, **TOL)
+    torch.testing.assert_close(logits[0], other_expected, **TOL)
+
+
+def test_a_moved_row_keeps_its_length_and_entries_and_its_old_row_is_empty() -> None:
+    model = tiny_model()
+    rows = [torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(n)) for n in (5, 7, 3)]
+    with torch.no_grad():
+        cache = KVCache(model.config, 3, 16, torch.device("cpu"), torch.float32, ragged=True)
+        for row, ids in enumerate(rows):
+            cache.copy_row(row, read_alone(model, ids[:-1]))
+        keys, values = cache.keys[:, 2, :, :2].clone(), cache.values[:, 2, :, :2].clone()
+        cache.move_row(2, 0)  # row 0 left the batch; the last row takes its place
+        assert cache.row_lengths.tolist() == [2, 6, 0]
+        assert torch.equal(cache.keys[:, 0, :, :2], keys) and torch.equal(cache.values[:, 0, :, :2], values)
+        logits = decode_rows(model, cache, [int(rows[2][-1]), int(rows[1][-1])])
+        torch.testing.assert_close(logits[0], model(rows[2][None])[0, -1], **TOL)
+        torch.testing.assert_close(logits[1], model(rows[1][None])[0, -1], **TOL)
+        cache.clear_row(1)
+    assert cache.row_lengths.tolist() == [3, 0, 0]
+    with pytest.raises(ValueError, match="needs a ragged cache"):
+        read_alone(model, rows[0]).clear_row(0)
+
+
+def test_a_grown_cache_keeps_its_entries_and_decodes_on() -> None:
+    """grow() reallocates with more positions: old entries and lengths stay, and rows decode past the old size as
+    their sequences recomputed whole; a copy longer than the cache is refused, as is shrinking."""
+    model = tiny_model()
+    rows = [torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(n)) for n in (9, 5)]
+    with torch.no_grad():
+        cache = KVCache(model.config, 2, 8, torch.device("cpu"), torch.float32, ragged=True)
+        for row, ids in enumerate(rows):
+            cache.copy_row(row, read_alone(model, ids[:-1]))
+        keys, values = cache.keys.clone(), cache.values.clone()
+        with pytest.raises(ValueError, match="KV cache full: 9 positions needed, 8 allocated"):
+            decode_rows(model, cache, [int(rows[0][-1]), int(rows[1][-1])])
+        cache.grow(12)
+        assert cache.max_len == 12 and cache.row_lengths.tolist() == [8, 4]
+        assert torch.equal(cache.keys[:, :, :, :8], keys) and torch.equal(cache.values[:, :, :, :8], values)
+        logits = decode_rows(model, cache, [int(rows[0][-1]), int(rows[1][-1])])
+        for row, ids in enumerate(rows):
+            torch.testing.assert_close(logits[row], model(ids[None])[0, -1], **TOL)
+        with pytest.raises(ValueError, match="KV cache full: 13 positions needed, 12 allocated"):
+            cache.copy_row(0, read_alone(model, torch.zeros(13, dtype=torch.long), max_len=13))
+    with pytest.raises(ValueError, match="only grows"):
+        cache.grow(4)
 
 
 def test_kv_cache_overflow_is_an_error() -> None:

@@ -13,8 +13,11 @@ import torch
 
 from slmtrain.artifacts import load_model
 from slmtrain.collab.decoding import Finish, Piece
-from slmtrain.collab.server import BackgroundServer, Engine, Job, ServeOptions, chat_prompt_ids, create_app
 from slmtrain.model.formats.hf import export_hf
+from slmtrain.serve.app import chat_prompt_ids, create_app
+from slmtrain.serve.background import BackgroundServer
+from slmtrain.serve.engine import Engine, Job
+from slmtrain.serve.schemas import ServeOptions
 from tests.eval.eval_helpers import BOS, EOS, save_byte_level_hf_tokenizer, tiny_model
 
 KEY = "test-key"
