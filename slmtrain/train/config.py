@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,9 +28,30 @@ class DataConfig:
     tokenizer_dir: str | None = None  # where "build" keeps the trained tokenizer; None: SHARDS/tokenizer
     num_workers: int = 0
     val_samples: int = 64  # validation samples per evaluation (the first ones of the val split, always the same)
+    # training sources NAME: SHARDS_DIR mixed by `mixture` (slmtrain.train.mixture); `shards` then gives the
+    # validation split and the tokenizer every source must share. Empty: train on `shards` alone
+    sources: dict[str, str] = field(default_factory=dict)
+    mixture: dict[str, float] = field(default_factory=dict)  # NAME: weight (normalised); empty: equal weights
+    max_epochs: float = 4.0  # refuse a run that repeats a source more often (Muennighoff et al.: 4 epochs ~ fresh)
 
     def __post_init__(self) -> None:
         require(self.seq_len > 0, "seq_len", f"must be positive, got {self.seq_len}")
+        require(self.max_epochs > 0, "max_epochs", f"must be positive, got {self.max_epochs}")
+        for name, weight in self.mixture.items():
+            require(name in self.sources, f"mixture.{name}", f"not a source; valid choices: "
+                                                            f"{', '.join(self.sources) or '(no data.sources given)'}")
+            require(isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0, f"mixture.{name}",
+                    f"a weight is a finite number >= 0, got {weight!r}")
+        require(not self.mixture or sum(self.mixture.values()) > 0, "mixture", "the weights are all zero")
+        for name, path in self.sources.items():
+            require(bool(str(path or "").strip()), f"sources.{name}", "expected a shards folder, got nothing")
+
+    @property
+    def source_weights(self) -> dict[str, float]:
+        """NAME: weight of every source (equal when no mixture is given; a source the mixture leaves out: 0)."""
+        if not self.mixture:
+            return {name: 1.0 for name in self.sources}
+        return {name: float(self.mixture.get(name, 0.0)) for name in self.sources}
         require(self.num_workers >= 0, "num_workers", "must be >= 0")
         require(self.val_samples >= 0, "val_samples", "must be >= 0")
 

@@ -4,6 +4,8 @@ Sample ``i`` of a split is the window ``tokens[i * seq_len : (i + 1) * seq_len +
 targets). The training stream is the concatenation of per-epoch permutations drawn from ``(seed, epoch)``; global
 stream position ``g`` goes to rank ``g % world``. Resuming at optimizer step ``s`` starts the stream at
 ``s * samples_per_step``, so resume, several dataloader workers and several GPUs neither repeat nor skip data.
+With ``data.sources`` the stream is mixed from several shard folders in the shares of ``data.mixture``
+(slmtrain.train.mixture), by the same (seed, position) rule.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from slmtrain.config import UserError
+from slmtrain.config import ConfigError, UserError
 from slmtrain.data.shards import TokenSplit, load_meta, open_split, verify_split
 from slmtrain.train.config import DataConfig
+from slmtrain.train.mixture import MixedSamples, MixtureSampler
 
 
 class PackedSamples(Dataset):
@@ -74,6 +77,7 @@ class ShardsDataModule(pl.LightningDataModule):
         self.meta = load_meta(config.shards)
         self.train_split: TokenSplit | None = None
         self.val_split: TokenSplit | None = None
+        self.source_splits: dict[str, TokenSplit] = {}
 
     @property
     def vocab_size(self) -> int:
@@ -87,8 +91,11 @@ class ShardsDataModule(pl.LightningDataModule):
         # The full scan (ids below the vocabulary, EOS at every document end) reads the shards once (0.15 s per
         # billion uint16 tokens from the page cache, here; from disk, the disk's read time): an id corrupted on
         # disk is then one line before the first step, not a failed gather (a device-side assert on GPUs) mid-run.
-        self.train_split = open_split(self.config.shards, "train")
-        verify_split(self.train_split)
+        if self.config.sources:
+            self.source_splits = open_sources(self.config, self.meta)
+        else:
+            self.train_split = open_split(self.config.shards, "train")
+            verify_split(self.train_split)
         val_tokens = self.meta["splits"].get("val", {}).get("tokens", 0)
         if val_tokens > self.config.seq_len:
             self.val_split = open_split(self.config.shards, "val")
@@ -102,10 +109,20 @@ class ShardsDataModule(pl.LightningDataModule):
         world = trainer.world_size if trainer else 1
         rank = trainer.global_rank if trainer else 0
         step = trainer.global_step if trainer else 0
-        samples_per_step = self.micro_batch * self.accumulate * world
-        dataset = PackedSamples(self.train_split, self.config.seq_len, f"{self.config.shards}/train")
-        sampler = StreamSampler(len(dataset), self.seed, start=step * samples_per_step, rank=rank, world=world)
+        start = step * self.micro_batch * self.accumulate * world
+        if self.source_splits:
+            sources = self.source_datasets()
+            dataset: Dataset = MixedSamples(sources)
+            weights = [self.config.source_weights[name] for name in self.source_splits]
+            sampler: Sampler = MixtureSampler([len(s) for s in sources], weights, self.seed, start, rank, world)
+        else:
+            dataset = PackedSamples(self.train_split, self.config.seq_len, f"{self.config.shards}/train")
+            sampler = StreamSampler(len(dataset), self.seed, start=start, rank=rank, world=world)
         return self._loader(dataset, sampler)
+
+    def source_datasets(self) -> list[PackedSamples]:
+        return [PackedSamples(split, self.config.seq_len, f"data.sources.{name} ({self.config.sources[name]}/train)")
+                for name, split in self.source_splits.items()]
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_split is None or self.config.val_samples == 0:
@@ -126,6 +143,20 @@ class ShardsDataModule(pl.LightningDataModule):
             dataset, batch_size=self.micro_batch, sampler=sampler, shuffle=False, drop_last=False,
             num_workers=self.config.num_workers, persistent_workers=False, pin_memory=torch.cuda.is_available(),
         )
+
+
+def open_sources(config: DataConfig, meta: dict) -> dict[str, TokenSplit]:
+    """Every source's train split, verified, each written with the tokenizer of ``data.shards``."""
+    splits = {}
+    for name, folder in config.sources.items():
+        if not (Path(folder) / "meta.json").is_file():
+            raise ConfigError(f"data.sources.{name}", f"no token shards at {folder} (meta.json missing)")
+        if load_meta(folder)["tokenizer_sha256"] != meta["tokenizer_sha256"]:
+            raise ConfigError(f"data.sources.{name}", f"{folder} was tokenized with another tokenizer than "
+                                                      f"data.shards ({config.shards}): every source needs the same one")
+        splits[name] = open_split(folder, "train")
+        verify_split(splits[name])
+    return splits
 
 
 def require_shards(config: DataConfig) -> Path:

@@ -157,6 +157,8 @@ def train(config: TrainConfig, resume: bool | str | Path = False, callbacks: lis
                           f"{model_config.vocab_size} is smaller than the shards' vocabulary ({datamodule.vocab_size})")
     the_plan = plan(config, model_config)
     steps = the_plan.steps
+    # refuses over-repeated sources, and sources changed on disk since the run being resumed, now
+    mixture = mixture_logger(config, run_dir, steps, accumulate, world, resumed=resume_from is not None)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     module = LanguageModel(config, model_config, total_steps=steps, eos_id=datamodule.eos_id)
     if config.compile:
@@ -190,7 +192,7 @@ def train(config: TrainConfig, resume: bool | str | Path = False, callbacks: lis
         "enable_progress_bar": False,  # MetricsLogger's bar counts optimizer steps, with tokens/s and ETA
     }
     trainer = pl.Trainer(
-        default_root_dir=run_dir, logger=loggers or False, callbacks=[metrics, checkpoints, stop, *(callbacks or [])],
+        default_root_dir=run_dir, logger=loggers or False, callbacks=[metrics, checkpoints, stop, *mixture, *(callbacks or [])],
         strategy=lightning_strategy(config.strategy), plugins=[AtomicCheckpointIO()], **trainer_args,
     )
     try:
@@ -212,6 +214,44 @@ def train(config: TrainConfig, resume: bool | str | Path = False, callbacks: lis
     return result
 
 
+def mixture_logger(config: TrainConfig, run_dir: Path, steps: int, accumulate: int, world: int,
+                   resumed: bool) -> list:
+    """The sources' logger for a mixed run (none for one shards folder), after refusing a run that would repeat a
+    source more than ``data.max_epochs`` times, or resume on sources whose sample counts changed since it began."""
+    from slmtrain.data.shards import load_meta
+    from slmtrain.train.mixture import MixtureLogger
+
+    data = config.data
+    if not data.sources:
+        return []
+    sizes = []
+    for name, folder in data.sources.items():
+        if not (Path(folder) / "meta.json").is_file():
+            raise ConfigError(f"data.sources.{name}", f"no token shards at {folder} (meta.json missing)")
+        tokens = int(load_meta(folder)["splits"].get("train", {}).get("tokens", 0))
+        if tokens <= data.seq_len:
+            raise ConfigError(f"data.sources.{name}", f"{folder}/train holds {tokens} tokens: too few for one "
+                                                      f"sample of seq_len={data.seq_len}")
+        sizes.append((tokens - 1) // data.seq_len)
+    samples_per_step = config.batch.micro_batch * accumulate * world
+    logger = MixtureLogger(run_dir, list(data.sources), sizes, list(data.source_weights.values()),
+                           samples_per_step, data.seq_len, steps, config.log_every_n_steps)
+    for use in logger.planned:
+        if use.epochs > data.max_epochs:
+            raise ConfigError("data.max_epochs", f"source {use.name} would be read {use.epochs:.2f} times "
+                              f"({use.draws:,} samples drawn of its {use.samples:,}, weight {use.weight:.3g}, "
+                              f"{steps:,} steps); the limit is {data.max_epochs:g}: add data, lower its weight or "
+                              f"the budget, or raise data.max_epochs")
+    if resumed and logger.path.is_file():
+        before = {u["name"]: u["samples"] for u in json.loads(logger.path.read_text())["planned"]}
+        for use in logger.planned:
+            if before.get(use.name) != use.samples:
+                raise ConfigError(f"data.sources.{use.name}", f"changed on disk since the run began ({before.get(use.name)} "
+                                  f"samples of seq_len {data.seq_len} then, {use.samples} now): the resumed stream "
+                                  "would not be the same")
+    return [logger]
+
+
 class RunInterrupted(UserError):
     """SIGINT/SIGTERM stopped the run after a completed optimizer step, whose checkpoint was written."""
 
@@ -222,6 +262,8 @@ class RunInterrupted(UserError):
 
 
 # Settings a resumed run may change: they do not alter what is trained or in which order.
+# a source's folder may move (its contents are checked against the run's mixture.json); evaluation reads no data
+RESUMABLE_PREFIXES = ("data.sources.", "eval.")
 RESUMABLE_CHANGES = {
     "name", "run_dir", "loggers", "wandb_project", "log_every_n_steps", "val_every_n_steps", "ckpt_every_n_steps",
     "keep_checkpoints", "samples", "sample_tokens", "export_hf", "gpu", "mfu_assumed", "verbose", "compile",
@@ -240,8 +282,8 @@ def refuse_changed_settings(config: TrainConfig, run_dir: Path) -> None:
         raise UserError(f"{saved_path} is missing, so the resumed run's settings cannot be checked: restore it, or "
                         "pass resume_with_changes=true to resume with the settings given now")
     saved, current = _flatten(json.loads(saved_path.read_text())), _flatten(dataclasses.asdict(config))
-    changed = sorted(k for k in saved.keys() | current.keys()
-                     if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
+    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k)
+                     and k not in RESUMABLE_CHANGES and not k.startswith(RESUMABLE_PREFIXES))
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
         raise ConfigError(changed[0], f"differs from the run being resumed ({details}); resume with the run's "
