@@ -114,7 +114,8 @@ def mean_of(values: np.ndarray) -> float:
 
 def capability(model: Any, tokenizer: Any, options: LeaderboardOptions) -> dict[str, Any]:
     """Bits per byte of the held-out documents and each task's headline metric, with bootstrap intervals."""
-    from slmtrain.eval.perplexity import perplexity_of_texts, read_documents
+    from slmtrain.data.shards import read_documents
+    from slmtrain.eval.perplexity import perplexity_of_texts
     from slmtrain.eval.scoring import evaluate_task
     from slmtrain.eval.tasks import load_task
 
