@@ -44,7 +44,8 @@ def run_strategy(args: Args) -> dict:
     import torch
 
     from slmtrain.adapt.data import evaluation_batches, read_examples
-    from slmtrain.adapt.retrieval import build_index, read_documents, with_retrieval
+    from slmtrain.adapt.retrieval import build_index, with_retrieval
+    from slmtrain.data.shards import read_documents
     from slmtrain.adapt.run import finetune, load_options, mean_loss
     from slmtrain.artifacts import load_model
     from slmtrain.eval.scoring import evaluate_task

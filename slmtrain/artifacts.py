@@ -34,7 +34,8 @@ class TextTokenizer(Protocol):
 class LoadedModel:
     model: Transformer
     tokenizer: TextTokenizer | None
-    source: str
+    source: str  # what was loaded, for people: "hf PATH", "preset NAME (random)", ...
+    random_weights: bool = False  # a preset built with seed 0: its speed is real, its scores would mean nothing
 
 
 class HFTokenizer:
@@ -108,7 +109,8 @@ def load_model(spec: str | Path, dtype: torch.dtype = torch.float32) -> LoadedMo
     if not path.exists():
         if str(spec) in presets.PRESETS:
             torch.manual_seed(0)
-            return LoadedModel(Transformer(presets.get(str(spec))).to(dtype).eval(), None, f"preset {spec} (random)")
+            return LoadedModel(Transformer(presets.get(str(spec))).to(dtype).eval(), None, f"preset {spec} (random)",
+                               random_weights=True)
         raise UserError(f"model not found: {spec} is neither a path nor a preset ({', '.join(presets.names())})")
     if path.suffix == ".gguf" and path.is_file():
         return LoadedModel(*load_gguf(path, dtype), f"gguf {path}")

@@ -100,16 +100,6 @@ DEVICES: dict[str, DeviceProfile] = {p.name: p for p in (
 )}
 
 
-def device_names() -> list[str]:
-    return sorted(DEVICES)
-
-
-def get_device(name: str) -> DeviceProfile:
-    if name not in DEVICES:
-        raise ConfigError("device", f"unknown device {name!r}; valid choices: {', '.join(device_names())}")
-    return DEVICES[name]
-
-
 # Data-sheet dense bf16 peaks of training GPUs that have no full profile above (sparsity excluded).
 TRAINING_GPU_BF16_PEAKS = {"A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12, "RTX 4090": 165e12,
                            "V100": 125e12}
@@ -121,7 +111,7 @@ def device_names() -> list[str]:
 
 def get_device(name: str) -> DeviceProfile:
     if name not in DEVICES:
-        raise ConfigError("device", f"unknown device {name!r}; valid choices: {', '.join(device_names())}")
+        raise ConfigError("hardware", f"unknown device {name!r}; valid choices: {', '.join(device_names())}")
     return DEVICES[name]
 
 

@@ -13,7 +13,7 @@ from tests.paths import REPO_ROOT
 PACKAGE = REPO_ROOT / "slmtrain"
 # top to bottom; __main__ and the package's __init__ are the entry and the root
 ROOMS = ("cli", "orchestrate", "serve", "collab", "adapt", "eval", "train", "scaling", "data", "slurm", "artifacts",
-         "tokenizer", "hardware", "model", "config")
+         "tokenizer", "hardware", "fresh_process", "model", "config")
 
 
 def room_of(path: Path) -> str:

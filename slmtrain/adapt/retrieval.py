@@ -25,33 +25,13 @@ from typing import Any
 import numpy as np
 
 from slmtrain.config import UserError, check_choice
+from slmtrain.data.shards import read_documents
 from slmtrain.eval.tasks import MultipleChoice, Task
 
 RETRIEVAL_METHODS = ("bm25", "minilm")
 CONTEXT_HEADER = "Context:\n"
 INDEX_FILE = "retrieval_index.json"  # the chunks and the method: what marks a folder as a saved index
 BM25_DIR, EMBEDDINGS_FILE = "bm25", "embeddings.npy"
-
-
-def read_documents(paths: Sequence[str | Path]) -> list[str]:
-    documents = []
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise UserError(f"retrieval document not found: {path}")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        if path.suffix == ".jsonl":
-            for number, line in enumerate(text.splitlines(), start=1):
-                if line.strip():
-                    try:
-                        documents.append(str(json.loads(line)["text"]))
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        raise UserError(f"{path}:{number}: not a JSON record with a text field") from None
-        else:
-            documents.append(text)
-    return documents
 
 
 def chunk(document: str, chunk_words: int) -> list[str]:

@@ -66,7 +66,7 @@ class FinetuneOptions:
     trainer: TrainerOptions = field(default_factory=TrainerOptions)  # max_steps, val_every_n_steps
     threads: int | None = None  # torch CPU threads; None: torch's default
     plan: bool = False  # print the memory planner's predictions instead of training
-    device_profile: str = "host"  # planner: a slmtrain.hardware profile, or host (measured here)
+    hardware: str = "host"  # planner: a slmtrain.hardware profile, or host (measured here)
     format: Literal["table", "json"] = "table"  # planner output
 
     def __post_init__(self) -> None:
@@ -76,7 +76,7 @@ class FinetuneOptions:
         require(self.micro_batch > 0, "micro_batch", f"must be positive, got {self.micro_batch}")
         require(0 < self.val_fraction < 1, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         require(self.lr is None or self.lr > 0, "lr", f"must be positive, got {self.lr}")
-        check_choice("device_profile", self.device_profile, profile_names())
+        check_choice("hardware", self.hardware, profile_names())
         if not self.plan:
             require(self.method != "all", "method", "all is for plan=true; training takes one of "
                                                     + ", ".join(METHODS))

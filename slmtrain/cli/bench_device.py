@@ -2,12 +2,12 @@
 prediction with the measured/predicted ratio.
 
     python launch/bench_device.py model=PATH_OR_PRESET [prompt=512 gen=128 depth=0 repeats=5 warmup=1]
-        [device=cpu|cuda device_profile=host|DEVICE dtype=fp32|bf16|fp16 quant=none|int8|int8-dynamic|int4 threads=N]
+        [device=cpu|cuda hardware=host|PROFILE dtype=fp32|bf16|fp16 quant=none|int8|int8-dynamic|int4 threads=N]
         [format=table|json csv=results.csv plot=FILE.png depths=0,256,1024]
         [offload=experts max_resident_experts=N]   (an MoE model's HF directory: experts read from its files)
     python launch/bench_device.py model=PATH engine=llama.cpp quant=q4_0|q8_0|f16 [threads=N ...]
 engine=llama.cpp exports the model to GGUF at quant and measures it in llama.cpp beside the PyTorch engine (dtype).
-format=json prints exactly one JSON object on stdout. The prediction is for device_profile; measured/predicted
+format=json prints exactly one JSON object on stdout. The prediction is for hardware; measured/predicted
 ratios compare like with like only for host (the machine running the benchmark).
 """
 
@@ -31,12 +31,12 @@ class Args:
     depth: int = 0
     repeats: int = 5
     warmup: int = 1
-    device_profile: str = "host"  # host: measured here (memory copy + matmul); or a slmtrain.hardware profile name
+    hardware: str = "host"  # the prediction's profile: host (measured here: memory copy + matmul) or a slmtrain.hardware profile
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     engine: Literal["pytorch", "llama.cpp"] = "pytorch"  # llama.cpp: also measure a GGUF export in llama.cpp
     quant: str = "none"  # pytorch: none|int8|int8-dynamic|int4; llama.cpp: a GGUF type (f16, q8_0, q4_0...)
     threads: int | None = None
-    device: str = "cpu"  # a torch device: cpu, cuda, cuda:1, mps (pair cuda with device_profile=h100-sxm...)
+    device: str = "cpu"  # a torch device: cpu, cuda, cuda:1, mps (pair cuda with hardware=h100-sxm...)
     format: Literal["table", "json"] = "table"
     csv: Path | None = None
     plot: Path | None = None
@@ -47,7 +47,7 @@ class Args:
     def __post_init__(self) -> None:
         from slmtrain.hardware import profile_names
 
-        check_choice("device_profile", self.device_profile, profile_names())
+        check_choice("hardware", self.hardware, profile_names())
         if self.engine == "llama.cpp":
             from slmtrain.model.formats.gguf import QUANTS
 
@@ -97,39 +97,40 @@ def run(argv: list[str]) -> int:
         from slmtrain.eval.llamacpp import bench_engines, format_engines
 
         engines = bench_engines(model, args.quant, args.prompt, args.gen, args.depth, args.repeats, args.warmup,
-                                get_profile(args.device_profile), args.threads)
-        print(json.dumps({"model": loaded.source, **engines}) if args.format == "json"
-              else format_engines(loaded.source, engines))
+                                get_profile(args.hardware), args.threads)
+        print(json.dumps({"model": loaded.source, "llama.cpp": {"quant": args.quant, **engines["llama.cpp"].to_dict()},
+                          "pytorch": engines["pytorch"].to_dict()}) if args.format == "json"
+              else format_engines(loaded.source, args.quant, engines))
         return 0
     if args.quant != "none":
         from slmtrain.eval.quantize import quantize_model
 
         model, _ = quantize_model(model, args.quant)
-    profile = get_profile(args.device_profile)
-    result = {"model": loaded.source, "quant": args.quant,
-              **bench_device(model, args.prompt, args.gen, args.depth, args.repeats, args.warmup, profile)}
-    if args.max_resident_experts is not None:
-        result.update(measure_offloaded_decode(model, offload_stats, args.prompt, args.gen, profile.memory_bandwidth,
-                                               profile.storage_bandwidth))
+    profile = get_profile(args.hardware)
+    runtime = bench_device(model, args.prompt, args.gen, args.depth, args.repeats, args.warmup, profile)
+    figures = {"model": loaded.source, "quant": args.quant, **runtime.to_dict()}  # the JSON/CSV record
+    offload = (measure_offloaded_decode(model, offload_stats, args.prompt, args.gen, profile.memory_bandwidth,
+                                        profile.storage_bandwidth) if args.max_resident_experts is not None else {})
+    figures.update(offload)
     if args.depths:
         rows = decode_vs_context(model, args.depths, profile=profile)
-        result["decode_vs_context"] = rows
+        figures["decode_vs_context"] = rows
         if args.plot:
-            result["plot"] = str(plot_runtime(result, rows, args.plot, f"{loaded.source} ({args.quant})"))
+            figures["plot"] = str(plot_runtime(runtime, rows, args.plot, f"{loaded.source} ({args.quant})"))
     if args.csv:
-        append_csv(args.csv, [{k: v for k, v in result.items() if k != "decode_vs_context"}])
+        append_csv(args.csv, [{k: v for k, v in figures.items() if k != "decode_vs_context"}])
     if args.format == "json":
-        print(json.dumps(result))
-    else:
-        keys = ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_s", "peak_memory_bytes", "weight_bytes",
-                "kv_cache_bytes_at_context", "energy_j_per_decode_token", "predicted_decode_tokens_per_s",
-                "decode_measured_over_predicted", "prefill_measured_over_predicted",
-                *(("resident_weight_bytes", "cache_hit_rate", "storage_bytes_per_token", "offload_decode_tokens_per_s",
-                   "predicted_offload_decode_tokens_per_s") if args.max_resident_experts is not None else ()))
-        print(f"{result['model']} {result['test']} ({result['dtype']}, quant {args.quant}, "
-              f"{result['threads']} threads)")
-        print(format_table([{"figure": k, "value": result[k]} for k in keys]))
-        print(f"energy: {result['energy_source']}; peak memory: {result['peak_memory_kind']}")
+        print(json.dumps(figures))
+        return 0
+    names = ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_s", "peak_memory_bytes", "weight_bytes",
+             "kv_cache_bytes_at_context", "energy_j_per_decode_token", "predicted_decode_tokens_per_s",
+             "decode_measured_over_predicted", "prefill_measured_over_predicted")
+    offload_names = ("resident_weight_bytes", "cache_hit_rate", "storage_bytes_per_token", "offload_decode_tokens_per_s",
+                     "predicted_offload_decode_tokens_per_s")
+    print(f"{loaded.source} {runtime.test} ({runtime.dtype}, quant {args.quant}, {runtime.threads} threads)")
+    print(format_table([{"figure": k, "value": getattr(runtime, k)} for k in names]
+                       + [{"figure": k, "value": offload[k]} for k in offload_names if offload]))
+    print(f"energy: {runtime.energy_source}; peak memory: {runtime.peak_memory_kind}")
     return 0
 
 

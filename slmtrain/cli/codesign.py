@@ -1,6 +1,6 @@
 """Hardware co-design: measure candidate shapes on this machine, predict their loss, keep the Pareto front.
 
-    python launch/codesign.py params=100e6:400e6 device_profile=host precision=bf16|int8|int4 context=2048 out=DIR
+    python launch/codesign.py params=100e6:400e6 hardware=host precision=bf16|int8|int4 context=2048 out=DIR
         [tokens=N law=epoch min_decode_tokens_per_s=X max_memory=BYTES family=any|balanced|deep-thin]
         [max_candidates=16 rounds=2 time_budget_s=900 prompt=128 gen=8 threads=1 seed=0 format=table|json]
 Writes DIR/codesign.json and DIR/codesign.png; `python launch/train.py model=@DIR/codesign.json` trains the
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 
 from slmtrain.config import announce, build, cli_main, split_args
-from slmtrain.eval.codesign import TABLE_COLUMNS, CodesignOptions, codesign, write_outputs
+from slmtrain.scaling.codesign import TABLE_COLUMNS, CodesignOptions, codesign, write_outputs
 
 USAGE = "python launch/codesign.py params=100e6:400e6 precision=bf16 context=2048 out=DIR"
 
@@ -20,7 +20,9 @@ USAGE = "python launch/codesign.py params=100e6:400e6 precision=bf16 context=204
 def run(argv: list[str]) -> int:
     _, overrides = split_args(argv)
     options = announce(build(CodesignOptions, overrides, usage=USAGE))
-    result = codesign(options)
+    from slmtrain.eval.runtime import SHAPE_PRELOAD, bench_shape
+
+    result = codesign(options, bench_shape, SHAPE_PRELOAD)  # scaling measures through eval's runtime bench
     json_path, plot_path = write_outputs(result, options.out)
     if options.format == "json":
         print(json.dumps(result))

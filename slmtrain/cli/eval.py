@@ -68,7 +68,8 @@ class Args:
 def run(argv: list[str]) -> int:
     _, overrides = split_args(argv)
     args = announce(build(Args, overrides))
-    from slmtrain.eval.perplexity import perplexity_of_shards, perplexity_of_texts, read_documents
+    from slmtrain.data.shards import read_documents
+    from slmtrain.eval.perplexity import perplexity_of_shards, perplexity_of_texts
     from slmtrain.eval.report import append_csv, format_table
     from slmtrain.artifacts import load_model
 

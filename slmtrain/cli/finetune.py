@@ -4,7 +4,7 @@
         [recipe=personalize_lora|personalize_mezo lr=... seq_len=256 micro_batch=4 trainer.max_steps=100
          lora.rank=8 lora.alpha=16 lora.dropout=0 lora.target_modules=[qkv,out,up,down]
          mezo.epsilon=1e-3 mezo.samples=1 val_data=FILE.jsonl val_fraction=0.1]
-    python launch/finetune.py model=PATH method=all plan=true [device_profile=NAME seq_len=N micro_batch=B] format=json
+    python launch/finetune.py model=PATH method=all plan=true [hardware=NAME seq_len=N micro_batch=B] format=json
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def run(argv: list[str]) -> int:
         config = load_model(options.model).model.config
         methods = list(METHODS) if options.method == "all" else [options.method]
         plan = plan_methods(config, methods, options.seq_len, options.micro_batch, options.lora,
-                            get_profile(options.device_profile), options.mezo.samples)
+                            get_profile(options.hardware), options.mezo.samples)
         print(json.dumps(plan) if options.format == "json" else format_plan(plan))
         return 0
     result = finetune(options)

@@ -31,7 +31,8 @@ class Args:
 def run(argv: list[str]) -> int:
     _, overrides = split_args(argv)
     args = announce(build(Args, overrides, usage=USAGE))
-    from slmtrain.adapt.retrieval import build_index, read_documents, save_index
+    from slmtrain.adapt.retrieval import build_index, save_index
+    from slmtrain.data.shards import read_documents
 
     index = build_index(read_documents(args.documents), args.method, args.chunk_words)
     print(f"{save_index(index, args.out)}: {args.method} index of {len(index.chunks)} chunks")

@@ -3,7 +3,7 @@ and cost (prefill/decode speed, TTFT, peak memory, weight bytes, energy) of ever
 same quantised weights.
 
     python launch/leaderboard.py models=A,B,... out=DIR [tasks=arc-mini,triage-mini,... text=FILE,...]
-        [quant=none,int8,int4 device_profile=host dtype=bf16 context=512 shots=0 limit=N prompt=128 gen=32]
+        [quant=none,int8,int4 hardware=host dtype=bf16 context=512 shots=0 limit=N prompt=128 gen=32]
 Models: slmtrain runs, HF directories or presets (random weights: cost only). Writes DIR/leaderboard.csv,
 DIR/leaderboard.md, DIR/pareto_latency.png and DIR/pareto_memory.png, and prints the Markdown table.
 """

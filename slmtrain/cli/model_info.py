@@ -39,7 +39,8 @@ def model_config(fields: dict[str, Any]) -> ModelConfig:
         raise (e if e.key == "model" else e.under("model")) from None  # name the key as the user typed it
 
 
-def format_table(name: str, config: ModelConfig, report: dict[str, float]) -> str:
+def format_accounting(name: str, config: ModelConfig, report: dict[str, float]) -> str:
+    """The shape in one line, then each accounted figure (count and readable unit) right-aligned."""
     rows = [(key, f"{value:,.0f}", _readable(key, value)) for key, value in report.items()]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     shape = (f"{name}: {config.n_layer} layers, d_model {config.d_model}, {config.n_head} heads ({config.kv_heads} KV, "
@@ -76,7 +77,7 @@ def run(argv: list[str]) -> int:
     if args.format == "json":
         print(json.dumps({"model": name, **report, "config": to_dict(config)}))
     else:
-        print(format_table(name, config, report))
+        print(format_accounting(name, config, report))
     return 0
 
 

@@ -3,7 +3,7 @@
     python launch/scaling.py fit runs=FILE.csv|RUN_DIR[,...] [method=chinchilla|epoch] [drop_highest=5] [format=json]
     python launch/scaling.py budget compute=5.76e23 [law=chinchilla|epoch|FILE | E=.. A=.. B=.. alpha=.. beta=..]
     python launch/scaling.py budget target_loss=2.1 inference_tokens=2e12 [hardware=h100-sxm train_mfu=0.5 ...]
-    python launch/scaling.py budget device=jetson-orin-nano-8gb precision=int4 context=4096 min_tokens_per_s=20
+    python launch/scaling.py budget hardware=jetson-orin-nano-8gb deploy=true precision=int4 context=4096 min_tokens_per_s=20
     python launch/scaling.py budget params=135e6 policy=inference_optimal inference_tokens=1e13
     python launch/scaling.py sweep recipe=demo out=runs/sweep d_models=[32,64,96,128] tokens_per_param=[0.25,0.5,1,2]
 """

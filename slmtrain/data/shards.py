@@ -23,7 +23,7 @@ import multiprocessing
 import re
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from slmtrain.config import ConfigError, UserError, declared_names, require, to_
 from slmtrain.tokenizer import MODEL_FILE, SPEC_FILE, TOKENIZERS_DIR, Tokenizer, load_spec, train_tokenizer
 
 SPLITS = ("train", "val")
-INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
+INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")  # what read_texts reads: plain or gzip JSONL, Parquet (no zstd)
 META_FILE = "meta.json"
 SHARDS_FORMAT = "slmtrain-shards/1"
 META_KEYS = ("tokenizer_sha256", "tokenizer_model", "vocab_size", "dtype", "eos_id", "splits")  # what readers need
@@ -87,6 +87,33 @@ def find_input_files(path: str | Path) -> list[Path]:
     if not files:
         raise UserError(f"no {', '.join('*' + s for s in INPUT_SUFFIXES)} files under {root}")
     return files
+
+
+def read_documents(paths: Sequence[str | Path]) -> list[str]:
+    """Documents for perplexity (eval ``text=``) and retrieval (``index documents=``): .jsonl(.gz)/.parquet files
+    give their ``text`` fields (bad lines are counted and reported as an error: a score on silently fewer documents
+    would mislead); any other file (.txt, .md, ...) is one document."""
+    documents: list[str] = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise UserError(f"text file not found: {path}")
+        if not path.name.endswith(INPUT_SUFFIXES):
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            if not text.strip():
+                raise UserError(f"{path}: empty file")
+            documents.append(text)
+            continue
+        counts = InputCounts()
+        texts = list(read_texts(path, counts))
+        skipped = counts.corrupt_lines + counts.missing_text + len(counts.unreadable)
+        if skipped or not texts:
+            raise UserError(f"{path}: {len(texts)} documents read; {counts.corrupt_lines} corrupt lines, "
+                            f"{counts.missing_text} without text, unreadable: {counts.unreadable or 'no'}")
+        documents += texts
+    return documents
 
 
 def read_texts(file: Path, counts: InputCounts) -> Iterator[str]:

@@ -17,10 +17,8 @@ its capability is marked n/a. Energy per decoded token is RAPL's where readable,
 from __future__ import annotations
 
 import math
-import multiprocessing
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,14 +26,16 @@ from typing import Any, Literal
 import numpy as np
 
 from slmtrain.config import ConfigError, UserError, require
-from slmtrain.eval.codesign import pareto_flags
 from slmtrain.eval.deploy_tasks import DEPLOY_DIR
+from slmtrain.fresh_process import in_fresh_processes
 from slmtrain.hardware import DeviceProfile, get_profile, profile_names
+from slmtrain.scaling.codesign import pareto_flags
 
 HELD_OUT_TEXT = DEPLOY_DIR.parent / "text" / "held-out-mini.jsonl"
 DEFAULT_TASKS = ("hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande",
                  *sorted(p.stem for p in DEPLOY_DIR.glob("*.jsonl")))
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+PRELOAD = ("torchao.quantization", "slmtrain.eval.runtime", "slmtrain.eval.quantize")  # what every entry imports
 
 
 @dataclass
@@ -45,7 +45,7 @@ class LeaderboardOptions:
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))  # task names or JSONL paths
     text: list[Path] = field(default_factory=lambda: [HELD_OUT_TEXT])  # held-out documents for bits per byte
     quant: list[Literal["none", "int8", "int8-dynamic", "int4"]] = field(default_factory=lambda: ["none", "int8"])
-    device_profile: str = "host"  # roofline prediction: host (measured here) or a slmtrain.hardware profile
+    hardware: str = "host"  # roofline prediction: host (measured here) or a slmtrain.hardware profile
     dtype: Literal["fp32", "bf16"] = "bf16"  # compute dtype of every model (quantised weights dequantise to it)
     shots: int = 0  # few-shot examples per task item, the same for every model
     limit: int | None = 500  # the first N items of each task (None: all)
@@ -62,8 +62,8 @@ class LeaderboardOptions:
     def __post_init__(self) -> None:
         require(len(self.models) > 0, "models", "give models=A,B,...")
         require(len(self.quant) > 0, "quant", "give quant=none,int8,...")
-        require(self.device_profile in profile_names(), "device_profile",
-                f"invalid value {self.device_profile!r}; valid choices: {', '.join(profile_names())}")
+        require(self.hardware in profile_names(), "hardware",
+                f"invalid value {self.hardware!r}; valid choices: {', '.join(profile_names())}")
         require(self.prompt + self.gen <= self.context, "context",
                 f"the bench's prompt + gen ({self.prompt} + {self.gen}) must fit the context budget {self.context}")
         for key in ("context", "repeats", "bootstrap", "threads"):
@@ -114,7 +114,8 @@ def mean_of(values: np.ndarray) -> float:
 
 def capability(model: Any, tokenizer: Any, options: LeaderboardOptions) -> dict[str, Any]:
     """Bits per byte of the held-out documents and each task's headline metric, with bootstrap intervals."""
-    from slmtrain.eval.perplexity import perplexity_of_texts, read_documents
+    from slmtrain.data.shards import read_documents
+    from slmtrain.eval.perplexity import perplexity_of_texts
     from slmtrain.eval.scoring import evaluate_task
     from slmtrain.eval.tasks import load_task
 
@@ -156,7 +157,7 @@ def _evaluate_entry(entry: Entry) -> dict[str, Any]:
     options = entry.options
     torch.set_num_threads(options.threads)
     loaded = load_model(entry.model, getattr(torch, DTYPES[options.dtype]))
-    model, tokenizer, source = loaded.model, loaded.tokenizer, loaded.source
+    model, tokenizer, source, random_weights = loaded.model, loaded.tokenizer, loaded.source, loaded.random_weights
     del loaded
     if options.context > model.config.max_seq_len:
         raise UserError(f"the context budget {options.context} exceeds max_seq_len={model.config.max_seq_len}")
@@ -165,16 +166,15 @@ def _evaluate_entry(entry: Entry) -> dict[str, Any]:
         model, skipped = quantize_model(model, entry.quant)  # the float model is dropped: only this one is kept
     reset_peak_memory()
     cost = bench_device(model, options.prompt, options.gen, 0, options.repeats, options.warmup, entry.profile)
-    random_weights = source.startswith("preset")
     row: dict[str, Any] = {
-        "model": entry.model, "quant": entry.quant, "source": source, "params": cost["params"],
-        "weight_bytes": cost["weight_bytes"], "float_layers": len(skipped),
-        "prefill_tokens_per_s": cost["prefill_tokens_per_s"], "decode_tokens_per_s": cost["decode_tokens_per_s"],
-        "decode_tokens_per_s_std": cost["decode_tokens_per_s_std"], "ttft_s": cost["ttft_s"],
-        "decode_latency_ms": 1000 / cost["decode_tokens_per_s"],
-        "predicted_decode_tokens_per_s": cost["predicted_decode_tokens_per_s"],
-        "peak_memory_bytes": cost["peak_memory_bytes"], "peak_memory_kind": cost["peak_memory_kind"],
-        "energy_j_per_decode_token": cost["energy_j_per_decode_token"], "energy_source": cost["energy_source"],
+        "model": entry.model, "quant": entry.quant, "source": source, "params": cost.params,
+        "weight_bytes": cost.weight_bytes, "float_layers": len(skipped),
+        "prefill_tokens_per_s": cost.prefill_tokens_per_s, "decode_tokens_per_s": cost.decode_tokens_per_s,
+        "decode_tokens_per_s_std": cost.decode_tokens_per_s_std, "ttft_s": cost.ttft_s,
+        "decode_latency_ms": 1000 / cost.decode_tokens_per_s,
+        "predicted_decode_tokens_per_s": cost.predicted_decode_tokens_per_s,
+        "peak_memory_bytes": cost.peak_memory_bytes, "peak_memory_kind": cost.peak_memory_kind,
+        "energy_j_per_decode_token": cost.energy_j_per_decode_token, "energy_source": cost.energy_source,
         "capability": "n/a (random weights)" if random_weights else "n/a (no tokenizer)" if tokenizer is None
         else "scored",
     }
@@ -185,19 +185,14 @@ def _evaluate_entry(entry: Entry) -> dict[str, Any]:
 
 def leaderboard(options: LeaderboardOptions) -> list[dict[str, Any]]:
     """One row per model x precision, each measured in a fresh process; progress to stderr."""
-    profile = get_profile(options.device_profile)
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "torchao.quantization", "slmtrain.eval.runtime",
-                                    "slmtrain.eval.quantize"])
+    profile = get_profile(options.hardware)
+    entries = [Entry(model, quant, options, profile) for model in options.models for quant in options.quant]
     rows = []
-    with ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1) as pool:
-        for model in options.models:
-            for quant in options.quant:
-                row = pool.submit(evaluate_entry, Entry(model, quant, options, profile)).result()
-                rows.append(row)
-                print(f"[{len(rows)}/{len(options.models) * len(options.quant)}] {model} ({quant}): decode "
-                      f"{row['decode_tokens_per_s']:.3g} tok/s, bits/byte {row.get('bits_per_byte', 'n/a')}",
-                      file=sys.stderr, flush=True)
+    for entry, row in zip(entries, in_fresh_processes(evaluate_entry, entries, PRELOAD)):
+        rows.append(row)
+        print(f"[{len(rows)}/{len(entries)}] {entry.model} ({entry.quant}): decode "
+              f"{row['decode_tokens_per_s']:.3g} tok/s, bits/byte {row.get('bits_per_byte', 'n/a')}",
+              file=sys.stderr, flush=True)
     scored = [r for r in rows if "bits_per_byte" in r]
     for axis in ("decode_latency_ms", "peak_memory_bytes"):
         flags = pareto_flags([(r["bits_per_byte"], r[axis]) for r in scored])

@@ -20,7 +20,8 @@ import torch
 
 from slmtrain.config import UserError
 from slmtrain.eval.runtime import (
-    Timing, bench_device, roofline_decode_tokens_per_s, roofline_prefill_tokens_per_s, sample_std, time_runs,
+    RuntimeResult, Timing, bench_device, bench_name, roofline_decode_tokens_per_s, roofline_prefill_tokens_per_s,
+    sample_std, time_runs,
 )
 from slmtrain.hardware import DeviceProfile, measure_host_profile
 from slmtrain.model.config import ModelConfig
@@ -87,7 +88,7 @@ def decode_timing(llm: Any, vocab_size: int, gen: int, depth: int = 0, repeats: 
 
 def bench_llama_cpp(path: str | Path, config: ModelConfig, prompt: int = 512, gen: int = 128, depth: int = 0,
                     repeats: int = 5, warmup: int = 1, profile: DeviceProfile | None = None,
-                    threads: int | None = None) -> dict[str, Any]:
+                    threads: int | None = None) -> RuntimeResult:
     """pp{prompt} / tg{gen} at ``depth``, TTFT and memory of a GGUF file in llama.cpp, with the roofline prediction
     for ``profile`` (default: this machine, measured) and the measured/predicted ratios."""
     profile = profile or measure_host_profile()
@@ -109,35 +110,29 @@ def bench_llama_cpp(path: str | Path, config: ModelConfig, prompt: int = 512, ge
 
     weight_bytes = model_bytes(llm)
     state_bytes = int(llama_cpp.llama_state_get_size(llm.ctx))
+    llm.close()
     kv_per_token = config.kv_cache_bytes_per_token(KV_CACHE_ELEMENT_BYTES)
     prefill_tps = [prompt / s for s in prefill_timing.seconds]
     decode_tps = [gen / s for s in decode.seconds]
-    predicted_decode = roofline_decode_tokens_per_s(profile, weight_bytes, kv_per_token * (depth + gen // 2))
-    predicted_prefill = roofline_prefill_tokens_per_s(profile, config, "fp32", prompt)
-    llm.close()
-    return {
-        "test": f"pp{prompt}/tg{gen}" + (f"@d{depth}" if depth else ""),
-        "prompt": prompt, "gen": gen, "depth": depth, "repeats": repeats, "warmup": warmup,
-        "engine": "llama.cpp", "threads": threads or torch.get_num_threads(),
-        "prefill_tokens_per_s": statistics.fmean(prefill_tps), "prefill_tokens_per_s_std": sample_std(prefill_tps),
-        "decode_tokens_per_s": statistics.fmean(decode_tps), "decode_tokens_per_s_std": sample_std(decode_tps),
-        "ttft_s": ttft.mean_s, "ttft_s_std": ttft.std_s,
-        "peak_memory_bytes": weight_bytes + state_bytes, "peak_memory_kind": "llama_model_size + llama_state_get_size",
-        "weight_bytes": weight_bytes, "kv_cache_bytes_per_token": kv_per_token,
-        "kv_cache_bytes_at_context": kv_per_token * (depth + gen),
-        "predicted_prefill_tokens_per_s": predicted_prefill, "predicted_decode_tokens_per_s": predicted_decode,
-        "predicted_ttft_s": prompt / predicted_prefill if predicted_prefill else None,
-        "prefill_measured_over_predicted": statistics.fmean(prefill_tps) / predicted_prefill if predicted_prefill
-        else None,
-        "decode_measured_over_predicted": statistics.fmean(decode_tps) / predicted_decode,
-    }
+    return RuntimeResult(
+        engine="llama.cpp", test=bench_name(prompt, gen, depth), prompt=prompt, gen=gen, depth=depth, repeats=repeats,
+        warmup=warmup, device="cpu", dtype=None, threads=threads or torch.get_num_threads(), params=config.params(),
+        prefill_tokens_per_s=statistics.fmean(prefill_tps), prefill_tokens_per_s_std=sample_std(prefill_tps),
+        decode_tokens_per_s=statistics.fmean(decode_tps), decode_tokens_per_s_std=sample_std(decode_tps),
+        ttft_s=ttft.mean_s, ttft_s_std=ttft.std_s, peak_memory_bytes=weight_bytes + state_bytes,
+        peak_memory_kind="llama_model_size + llama_state_get_size", weight_bytes=weight_bytes,
+        weight_bytes_read_per_token=weight_bytes, kv_cache_bytes_per_token=kv_per_token,
+        kv_cache_bytes_at_context=kv_per_token * (depth + gen), device_profile=profile,
+        predicted_prefill_tokens_per_s=roofline_prefill_tokens_per_s(profile, config, "fp32", prompt),
+        predicted_decode_tokens_per_s=roofline_decode_tokens_per_s(profile, weight_bytes,
+                                                                   kv_per_token * (depth + gen // 2)))
 
 
 def bench_engines(model: Transformer, quant: str = "f16", prompt: int = 512, gen: int = 128, depth: int = 0,
                   repeats: int = 5, warmup: int = 1, profile: DeviceProfile | None = None,
-                  threads: int | None = None) -> dict[str, dict[str, Any]]:
+                  threads: int | None = None) -> dict[str, RuntimeResult]:
     """The same model in llama.cpp (exported to GGUF at ``quant``) and in slmtrain's PyTorch engine (as given),
-    on the same threads and device profile."""
+    on the same threads and device profile, by engine name."""
     profile = profile or measure_host_profile()
     if threads:
         torch.set_num_threads(threads)
@@ -145,8 +140,7 @@ def bench_engines(model: Transformer, quant: str = "f16", prompt: int = 512, gen
         path = Path(folder) / f"model-{quant}.gguf"
         export_gguf(model, path, quant)
         llama = bench_llama_cpp(path, model.config, prompt, gen, depth, repeats, warmup, profile, threads)
-    return {"llama.cpp": {"quant": quant, **llama},
-            "pytorch": {"engine": "pytorch", **bench_device(model, prompt, gen, depth, repeats, warmup, profile)}}
+    return {"llama.cpp": llama, "pytorch": bench_device(model, prompt, gen, depth, repeats, warmup, profile)}
 
 
 ENGINE_FIGURES = ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_s", "peak_memory_bytes", "weight_bytes",
@@ -154,13 +148,13 @@ ENGINE_FIGURES = ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_s", "peak
                   "prefill_measured_over_predicted", "decode_measured_over_predicted")
 
 
-def format_engines(source: str, engines: dict[str, dict[str, Any]]) -> str:
-    """One column per engine, one row per figure."""
+def format_engines(source: str, quant: str, engines: dict[str, RuntimeResult]) -> str:
+    """One column per engine, one row per figure; ``quant``: the GGUF type llama.cpp ran."""
     from slmtrain.eval.report import format_table
 
     llama, pytorch = engines["llama.cpp"], engines["pytorch"]
-    columns = {f"llama.cpp {llama['quant']}": llama, f"pytorch {pytorch['dtype']}": pytorch}
-    rows = [{"figure": figure, **{name: figures[figure] for name, figures in columns.items()}}
+    columns = {f"llama.cpp {quant}": llama, f"pytorch {pytorch.dtype}": pytorch}
+    rows = [{"figure": figure, **{name: getattr(result, figure) for name, result in columns.items()}}
             for figure in ENGINE_FIGURES]
-    return (f"{source} {llama['test']} on {llama['threads']} threads\n{format_table(rows)}\n"
-            f"memory: llama.cpp {llama['peak_memory_kind']}; pytorch {pytorch['peak_memory_kind']}")
+    return (f"{source} {llama.test} on {llama.threads} threads\n{format_table(rows)}\n"
+            f"memory: llama.cpp {llama.peak_memory_kind}; pytorch {pytorch.peak_memory_kind}")

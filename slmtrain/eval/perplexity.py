@@ -91,34 +91,6 @@ def perplexity_of_texts(model: Transformer, tokenizer: TextTokenizer, texts: Ite
     return result
 
 
-def read_documents(paths: Sequence[str | Path]) -> list[str]:
-    """.jsonl(.gz)/.parquet files give their ``text`` fields (bad lines are counted and reported as an error: a
-    perplexity on silently fewer documents would mislead); any other file (.txt, .md, ...) is one document."""
-    from slmtrain.data.shards import INPUT_SUFFIXES, InputCounts, read_texts
-
-    documents: list[str] = []
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise UserError(f"text file not found: {path}")
-        if not path.name.endswith(INPUT_SUFFIXES):
-            try:
-                text = path.read_text(encoding="utf-8")
-            except UnicodeDecodeError as e:
-                raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-            if not text.strip():
-                raise UserError(f"{path}: empty file")
-            documents.append(text)
-            continue
-        counts = InputCounts()
-        texts = list(read_texts(path, counts))
-        skipped = counts.corrupt_lines + counts.missing_text + len(counts.unreadable)
-        if skipped or not texts:
-            raise UserError(f"{path}: {len(texts)} documents read; {counts.corrupt_lines} corrupt lines, "
-                            f"{counts.missing_text} without text, unreadable: {counts.unreadable or 'no'}")
-        documents += texts
-    return documents
-
-
 def perplexity_of_shards(model: Transformer, shards_dir: str | Path, split: str = "val",
                          max_tokens: int | None = None, window: int | None = None, stride: int | None = None,
                          tokenizer: TextTokenizer | None = None) -> PerplexityResult:

@@ -6,7 +6,10 @@ import csv
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from slmtrain.eval.runtime import RuntimeResult
 
 
 def flat(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -63,7 +66,7 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def plot_runtime(result: Mapping[str, Any], context_rows: Sequence[Mapping[str, float]], path: str | Path,
+def plot_runtime(result: RuntimeResult, context_rows: Sequence[Mapping[str, float]], path: str | Path,
                  title: str = "") -> Path:
     """Two panels: decode tokens/s against context depth (measured and predicted), KV-cache bytes against depth."""
     import matplotlib
@@ -79,10 +82,10 @@ def plot_runtime(result: Mapping[str, Any], context_rows: Sequence[Mapping[str, 
     speed.set(xlabel="context depth (tokens)", ylabel="decode tokens/s", title="decode speed")
     speed.legend()
     memory.plot(depths, [r["kv_cache_bytes"] / 2**20 for r in context_rows], "o-")
-    memory.axhline(result["weight_bytes"] / 2**20, color="gray", linestyle=":", label="weights")
+    memory.axhline(result.weight_bytes / 2**20, color="gray", linestyle=":", label="weights")
     memory.set(xlabel="context depth (tokens)", ylabel="MiB", title="KV cache")
     memory.legend()
-    fig.suptitle(title or f"{result.get('test', '')} on {result.get('device', '')}")
+    fig.suptitle(title or f"{result.test} on {result.device}")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

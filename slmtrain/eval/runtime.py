@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,9 @@ from slmtrain.config import UserError
 from slmtrain.model.config import ModelConfig
 from slmtrain.model.transformer import KVCache, Transformer
 from slmtrain.hardware import DeviceProfile, measure_host_profile, peak_memory
+
+if TYPE_CHECKING:
+    from slmtrain.scaling.codesign import Job as ShapeJob
 
 RAPL_PACKAGE_ZONES = "/sys/class/powercap/intel-rapl:[0-9]*"  # package zones only (subzones carry a second ':')
 ASSUMED_CPU_POWER_W = 15.0  # energy estimate without RAPL: a laptop-class CPU package under full load
@@ -251,11 +254,71 @@ def check_lengths(model: Transformer, prompt: int, gen: int, depth: int) -> None
         raise UserError(f"prompt={prompt} or depth+gen={depth + gen} exceeds the model's max_seq_len={limit}")
 
 
+@dataclass(frozen=True)
+class RuntimeResult:
+    """One runtime measurement of one model on one engine (``pytorch``: :func:`bench_device`; ``llama.cpp``:
+    :func:`slmtrain.eval.llamacpp.bench_llama_cpp`), with the roofline prediction for ``device_profile``. Read it by
+    attribute; :meth:`to_dict` is the JSON/CSV record (the derived figures included). Measured/predicted ratios are
+    only meaningful when the profile is the machine the benchmark ran on."""
+
+    engine: str  # pytorch | llama.cpp
+    test: str  # llama-bench's name: pp{prompt}/tg{gen}[@d{depth}]
+    prompt: int
+    gen: int
+    depth: int
+    repeats: int
+    warmup: int
+    device: str  # the torch device measured on (llama.cpp: cpu)
+    dtype: str | None  # compute dtype (pytorch); None for llama.cpp, whose weight type is the GGUF's quant
+    threads: int
+    params: int
+    prefill_tokens_per_s: float
+    prefill_tokens_per_s_std: float
+    decode_tokens_per_s: float
+    decode_tokens_per_s_std: float
+    ttft_s: float
+    ttft_s_std: float
+    peak_memory_bytes: int
+    peak_memory_kind: str  # what peak_memory_bytes measures
+    weight_bytes: int
+    weight_bytes_read_per_token: float  # an MoE token reads its top-k experts only
+    kv_cache_bytes_per_token: int
+    kv_cache_bytes_at_context: int
+    device_profile: DeviceProfile  # the hardware= profile the prediction is for
+    predicted_prefill_tokens_per_s: float | None  # None: the profile publishes no peak at the compute precision
+    predicted_decode_tokens_per_s: float
+    energy_j_per_decode_token: float | None = None  # pytorch engine: RAPL where readable, else an estimate
+    energy_source: str | None = None
+
+    @property
+    def predicted_ttft_s(self) -> float | None:
+        return self.prompt / self.predicted_prefill_tokens_per_s if self.predicted_prefill_tokens_per_s else None
+
+    @property
+    def prefill_measured_over_predicted(self) -> float | None:
+        return (self.prefill_tokens_per_s / self.predicted_prefill_tokens_per_s if self.predicted_prefill_tokens_per_s
+                else None)
+
+    @property
+    def decode_measured_over_predicted(self) -> float:
+        return self.decode_tokens_per_s / self.predicted_decode_tokens_per_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "predicted_ttft_s": self.predicted_ttft_s,
+                "prefill_measured_over_predicted": self.prefill_measured_over_predicted,
+                "decode_measured_over_predicted": self.decode_measured_over_predicted}
+
+
+def bench_name(prompt: int, gen: int, depth: int) -> str:
+    """llama-bench's test name."""
+    return f"pp{prompt}/tg{gen}" + (f"@d{depth}" if depth else "")
+
+
 def bench_device(model: Transformer, prompt: int = 512, gen: int = 128, depth: int = 0, repeats: int = 5,
-                 warmup: int = 1, profile: DeviceProfile | None = None) -> dict[str, Any]:
+                 warmup: int = 1, profile: DeviceProfile | None = None, fill_context: bool = True) -> RuntimeResult:
     """pp{prompt} / tg{gen} at ``depth``, TTFT, memory, energy per decoded token, and the roofline prediction for
-    ``profile`` (default: this machine, measured). Measured/predicted ratios are only meaningful when the profile
-    is the machine the benchmark runs on."""
+    ``profile`` (default: this machine, measured). ``fill_context=False``: decode after ``depth`` zeroed cache
+    positions instead of a prefilled context (see :func:`decode_timing`)."""
     check_lengths(model, prompt, gen, depth)
     model = model.eval()
     device = next(model.parameters()).device
@@ -265,34 +328,42 @@ def bench_device(model: Transformer, prompt: int = 512, gen: int = 128, depth: i
     prefill = prefill_timing(model, prompt, repeats, warmup)
     ttft = ttft_timing(model, prompt, repeats, warmup)
     meter = EnergyMeter()  # energy is measured (or estimated) here, whatever device the prediction is for
-    decode = decode_timing(model, gen, depth, repeats, warmup, meter)
+    decode = decode_timing(model, gen, depth, repeats, warmup, meter, fill_context)
     peak, peak_kind = peak_memory(device)
     prefill_tps = [prompt / s for s in prefill.seconds]
     decode_tps = [gen / s for s in decode.seconds]
-    predicted_decode = predicted_decode_tokens_per_s(model, profile, depth + gen // 2)
-    predicted_prefill = predicted_prefill_tokens_per_s(model, profile, prompt)
-    return {
-        "test": f"pp{prompt}/tg{gen}" + (f"@d{depth}" if depth else ""),
-        "prompt": prompt, "gen": gen, "depth": depth, "repeats": repeats, "warmup": warmup,
-        "device": str(device), "dtype": str(_compute_dtype(model)).removeprefix("torch."),
-        "threads": torch.get_num_threads(), "params": model.num_params(),
-        "prefill_tokens_per_s": statistics.fmean(prefill_tps), "prefill_tokens_per_s_std": sample_std(prefill_tps),
-        "decode_tokens_per_s": statistics.fmean(decode_tps), "decode_tokens_per_s_std": sample_std(decode_tps),
-        "ttft_s": ttft.mean_s, "ttft_s_std": ttft.std_s,
-        "peak_memory_bytes": peak, "peak_memory_kind": peak_kind,
-        "weight_bytes": weight_bytes(model),
-        "weight_bytes_read_per_token": weight_bytes_read_per_token(model),
-        "kv_cache_bytes_per_token": kv_cache_bytes(model, 1),
-        "kv_cache_bytes_at_context": kv_cache_bytes(model, depth + gen),
-        "energy_j_per_decode_token": meter.joules / (gen * repeats), "energy_source": meter.source,
-        "device_profile": asdict(profile),
-        "predicted_prefill_tokens_per_s": predicted_prefill,
-        "predicted_decode_tokens_per_s": predicted_decode,
-        "predicted_ttft_s": prompt / predicted_prefill if predicted_prefill else None,
-        "prefill_measured_over_predicted": statistics.fmean(prefill_tps) / predicted_prefill if predicted_prefill
-        else None,
-        "decode_measured_over_predicted": statistics.fmean(decode_tps) / predicted_decode,
-    }
+    return RuntimeResult(
+        engine="pytorch", test=bench_name(prompt, gen, depth), prompt=prompt, gen=gen, depth=depth, repeats=repeats,
+        warmup=warmup, device=str(device), dtype=str(_compute_dtype(model)).removeprefix("torch."),
+        threads=torch.get_num_threads(), params=model.num_params(),
+        prefill_tokens_per_s=statistics.fmean(prefill_tps), prefill_tokens_per_s_std=sample_std(prefill_tps),
+        decode_tokens_per_s=statistics.fmean(decode_tps), decode_tokens_per_s_std=sample_std(decode_tps),
+        ttft_s=ttft.mean_s, ttft_s_std=ttft.std_s, peak_memory_bytes=peak, peak_memory_kind=peak_kind,
+        weight_bytes=weight_bytes(model), weight_bytes_read_per_token=weight_bytes_read_per_token(model),
+        kv_cache_bytes_per_token=kv_cache_bytes(model, 1), kv_cache_bytes_at_context=kv_cache_bytes(model, depth + gen),
+        device_profile=profile, predicted_prefill_tokens_per_s=predicted_prefill_tokens_per_s(model, profile, prompt),
+        predicted_decode_tokens_per_s=predicted_decode_tokens_per_s(model, profile, depth + gen // 2),
+        energy_j_per_decode_token=meter.joules / (gen * repeats), energy_source=meter.source)
+
+
+SHAPE_PRELOAD = ("torchao.quantization", "slmtrain.eval.quantize")  # what bench_shape imports: load it once
+
+
+def bench_shape(job: ShapeJob) -> RuntimeResult:
+    """One measurement of one shape for co-design (:mod:`slmtrain.scaling.codesign` takes this function from the
+    command): random weights at the job's precision, one timed run after one warm-up, decode with ``context - gen``
+    (zeroed) cached positions; meant for a fresh process, whose peak memory is then the candidate's own."""
+    from slmtrain.config import build
+    from slmtrain.eval.quantize import quantize_model
+
+    torch.set_num_threads(job.threads)
+    torch.manual_seed(0)
+    model = Transformer(build(ModelConfig, job.config)).to(torch.bfloat16).eval()
+    if job.precision != "bf16":
+        model, _ = quantize_model(model, job.precision)  # the bf16 model is dropped: only this one is kept
+    reset_peak_memory()  # the peak is the quantised model's run, not the quantisation's transient copy
+    return bench_device(model, job.prompt, job.gen, job.context - job.gen, repeats=1, warmup=1, profile=job.profile,
+                        fill_context=False)
 
 
 def sample_std(values: list[float]) -> float:

@@ -67,15 +67,16 @@ class BudgetOptions:
     prompt_tokens: float = 0.0  # prompt (prefill) tokens over the model's life
     params: float | None = None  # a fixed model size: tokens from policy
     policy: str = "inference_optimal"
-    # cost version: a device profile gives the peak FLOP/s at `precision`
+    # a slmtrain.hardware profile: with target_loss, the cost version (its peak FLOP/s at `precision`); with
+    # deploy=true, the device to plan a model for
     hardware: str | None = None
+    deploy: bool = False  # plan for hardware=: the model must fit its memory and decode min_tokens_per_s
     train_mfu: float = 0.5
     prefill_mfu: float = 0.5
     decode_mfu: float = 0.05
     train_price_per_hour: float = 2.0
     inference_price_per_hour: float = 2.0
-    # deployment version
-    device: str | None = None
+    # deployment version (deploy=true)
     precision: str = "int4"
     context: int = 4096
     min_tokens_per_s: float = 20.0
@@ -87,10 +88,12 @@ class BudgetOptions:
     def __post_init__(self) -> None:
         if self.format not in ("text", "json"):
             raise ConfigError("format", f"invalid value {self.format!r}; valid choices: text, json")
-        questions = [k for k in ("compute", "target_loss", "device", "params") if getattr(self, k) is not None]
+        if self.deploy and self.hardware is None:
+            raise ConfigError("hardware", "deploy=true plans for a device: give hardware=NAME")
+        questions = [k for k in ("compute", "target_loss", "deploy", "params") if getattr(self, k) not in (None, False)]
         if not questions:
             raise ConfigError("", "say what to budget: compute=C, target_loss=L [inference_tokens=T], "
-                                  "device=NAME, or params=N [policy=...]")
+                                  "hardware=NAME deploy=true, or params=N [policy=...]")
         if self.compute is not None and len(questions) > 1:
             raise ConfigError("compute", f"compute=C answers alone; drop {', '.join(q for q in questions if q != 'compute')}")
 
@@ -99,23 +102,20 @@ def run_budget(options: dict[str, Any]) -> dict[str, Any]:
     opts = build(BudgetOptions, options)
     law = law_from_options({k: v for k, v in vars(opts).items() if k in ("law", *LAW_KEYS) and v is not None})
     cost = None
-    if opts.hardware is not None:
-        try:
-            device = get_device(opts.hardware)
-        except ConfigError as e:  # the device list's error, under the key given here
-            raise ConfigError("hardware", e.message) from None
-        peak = device.flops("bf16" if opts.precision in ("int4", "int8") else opts.precision)
+    if opts.hardware is not None and not opts.deploy:  # a deployment's device serves the model; it is not priced
+        peak = get_device(opts.hardware).flops("bf16" if opts.precision in ("int4", "int8") else opts.precision)
         cost = budget.CostModel(peak, opts.train_mfu, opts.prefill_mfu, opts.decode_mfu, opts.train_price_per_hour,
                                 opts.inference_price_per_hour)
     out: dict[str, Any]
     if opts.compute is not None:
         out = {"question": "compute_optimal", **budget.compute_optimal(law, opts.compute).to_dict()}
-    elif opts.device is not None:
-        deployment = devices.Deployment(opts.device, opts.precision, opts.context, opts.min_tokens_per_s,
+    elif opts.deploy:
+        assert opts.hardware is not None
+        deployment = devices.Deployment(opts.hardware, opts.precision, opts.context, opts.min_tokens_per_s,
                                         opts.memory_fraction)
         plan = devices.plan_for_device(law, deployment, opts.inference_tokens + opts.prompt_tokens, opts.target_loss,
-                                       opts.family, opts.vocab_size, cost)
-        out = {"question": "device", "device": opts.device, "precision": opts.precision, **plan.to_dict()}
+                                       opts.family, opts.vocab_size)
+        out = {"question": "device", "hardware": opts.hardware, "precision": opts.precision, **plan.to_dict()}
     elif opts.params is not None:
         decision = budget.choose_tokens(opts.policy, int(opts.params), law=law,
                                         inference_tokens=opts.inference_tokens + opts.prompt_tokens)

@@ -25,7 +25,7 @@ HEAD_DIM = 64
 class Deployment:
     """Single-stream serving of one model on one device."""
 
-    device: str
+    hardware: str  # a slmtrain.hardware profile name
     precision: str = "int4"  # weights
     context: int = 4096  # tokens held in the KV cache
     min_tokens_per_s: float = 20.0
@@ -34,7 +34,7 @@ class Deployment:
     bandwidth_efficiency: float = 1.0  # fraction of peak bandwidth decode reaches; 1.0 = roofline bound
 
     def __post_init__(self) -> None:
-        get_device(self.device)
+        get_device(self.hardware)
         if self.precision not in BYTES_PER_WEIGHT:
             raise ConfigError("precision", f"invalid value {self.precision!r}; valid choices: "
                                            f"{', '.join(BYTES_PER_WEIGHT)}")
@@ -46,7 +46,7 @@ class Deployment:
 
     @property
     def profile(self) -> DeviceProfile:
-        return get_device(self.device)
+        return get_device(self.hardware)
 
     def kv_cache_bytes(self, model: ModelConfig) -> float:
         return model.kv_cache_bytes_per_token(self.kv_bytes) * self.context
@@ -134,8 +134,8 @@ def plan_for_device(law: ScalingLaw, deployment: Deployment, inference_tokens: f
     feasible = [m for m in ladder if deployment.fits(m)]
     if not feasible:
         smallest = ladder[0]
-        raise ConfigError("device", (
-            f"infeasible deployment on {deployment.device}: even the smallest candidate ({smallest.params():,} "
+        raise ConfigError("hardware", (
+            f"infeasible deployment on {deployment.hardware}: even the smallest candidate ({smallest.params():,} "
             f"params) needs {deployment.memory_needed(smallest) / GB:.3g} GB of the "
             f"{deployment.memory_fraction * deployment.profile.memory_bytes / GB:.3g} GB allowed and decodes at "
             f"{deployment.decode_tokens_per_s(smallest):.3g} tokens/s (target {deployment.min_tokens_per_s:g}); "
@@ -148,7 +148,7 @@ def plan_for_device(law: ScalingLaw, deployment: Deployment, inference_tokens: f
         reachable = [m for m in feasible if m.params() > law.min_params_for_loss(target_loss)]
         if not reachable:
             largest = feasible[-1].params()
-            raise UserError(f"no model that fits {deployment.device} reaches loss {target_loss}: the largest feasible "
+            raise UserError(f"no model that fits {deployment.hardware} reaches loss {target_loss}: the largest feasible "
                             f"has {largest:,} params and a loss floor of {law.E + law.A / largest**law.alpha:.4f}")
 
         def lifetime(m: ModelConfig) -> float:

@@ -252,7 +252,7 @@ def expand_grid(overrides: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     grid = overrides.pop("grid", None)
     if grid is None:
         return [("", overrides)]
-    axes = _flatten(grid)
+    axes = flatten(grid)
     for key, values in axes.items():
         require(isinstance(values, list) and len(values) > 0, f"grid.{key}", "must be a non-empty list, e.g. [1e-3,3e-3]")
     runs = []
@@ -269,12 +269,13 @@ def expand_grid(overrides: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return runs
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> dotted keys (``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``); an empty dict is a value of
+    its own, so a resumed run's check sees it and a grid axis given as ``{}`` is refused, not silently dropped."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, path + "."))
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
-            flat[path] = value
+            flat[f"{prefix}{key}"] = value
     return flat

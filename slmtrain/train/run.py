@@ -18,7 +18,7 @@ from slmtrain.artifacts import (CHECKPOINTS, HF_EXPORT, LAST_CHECKPOINT, RUN_TOK
 from slmtrain.config import ConfigError, UserError
 from slmtrain.model.config import ModelConfig
 from slmtrain.hardware import gpu_bf16_peaks
-from slmtrain.train.config import TrainConfig
+from slmtrain.train.config import TrainConfig, flatten
 
 
 
@@ -281,23 +281,13 @@ def refuse_changed_settings(config: TrainConfig, run_dir: Path) -> None:
     if not saved_path.is_file():
         raise UserError(f"{saved_path} is missing, so the resumed run's settings cannot be checked: restore it, or "
                         "pass resume_with_changes=true to resume with the settings given now")
-    saved, current = _flatten(json.loads(saved_path.read_text())), _flatten(dataclasses.asdict(config))
+    saved, current = flatten(json.loads(saved_path.read_text())), flatten(dataclasses.asdict(config))
     changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k)
                      and k not in RESUMABLE_CHANGES and not k.startswith(RESUMABLE_PREFIXES))
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
         raise ConfigError(changed[0], f"differs from the run being resumed ({details}); resume with the run's "
                                       "settings, or pass resume_with_changes=true to accept the change")
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def write_run_identity(config: TrainConfig, meta: dict[str, Any], run_dir: Path, the_plan: Plan,

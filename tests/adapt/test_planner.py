@@ -58,7 +58,7 @@ def test_recommendation_is_the_preferred_method_that_fits():
 
 def test_command_line_plan_is_one_json_object():
     done = subprocess.run([sys.executable, str(REPO_ROOT / "launch" / "finetune.py"), "model=smollm2-135m",
-                           "method=all", "plan=true", "device_profile=jetson-orin-nano-8gb", "seq_len=256",
+                           "method=all", "plan=true", "hardware=jetson-orin-nano-8gb", "seq_len=256",
                            "micro_batch=2", "format=json"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)

@@ -49,7 +49,7 @@ def test_eval_on_an_hf_directory_runs_tasks_and_perplexity(hf_dir, tmp_path, cap
 def test_bench_device_prints_one_json_object(capsys):
     main = launch("bench_device")
     assert main(["model=tiny", "prompt=32", "gen=8", "repeats=1", "warmup=0", "format=json",
-                 "device_profile=jetson-orin-nano-8gb"]) == 0
+                 "hardware=jetson-orin-nano-8gb"]) == 0
     result = json.loads(capsys.readouterr().out)
     for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_s", "peak_memory_bytes",
                 "predicted_decode_tokens_per_s"):

@@ -10,7 +10,8 @@ import torch
 
 from tests.eval.eval_helpers import BOS, EOS, tiny_model
 from slmtrain.config import UserError
-from slmtrain.eval.perplexity import perplexity_of_shards, perplexity_of_texts, read_documents, sequence_nll
+from slmtrain.data.shards import read_documents
+from slmtrain.eval.perplexity import perplexity_of_shards, perplexity_of_texts, sequence_nll
 
 TEXTS = [pydoc_data.topics.topics["if"][:100], pydoc_data.topics.topics["while"][:80]]  # each fits one window
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+from types import SimpleNamespace
 
 from slmtrain.eval.report import append_csv, format_table, plot_runtime
 from slmtrain.eval.runtime import decode_vs_context
@@ -29,5 +30,6 @@ def test_runtime_plot_is_written(model, tmp_path):
     profile = measure_host_profile(copy_bytes=1 << 20, matmul_size=64, repeats=1)
     rows = decode_vs_context(model, [0, 32], gen=2, repeats=1, warmup=0, profile=profile)
     assert rows[1]["kv_cache_bytes"] > rows[0]["kv_cache_bytes"] and "predicted_decode_tokens_per_s" in rows[0]
-    path = plot_runtime({"weight_bytes": 1000, "test": "pp8/tg2", "device": "cpu"}, rows, tmp_path / "p.png")
+    result = SimpleNamespace(weight_bytes=1000, test="pp8/tg2", device="cpu")  # the RuntimeResult fields it reads
+    path = plot_runtime(result, rows, tmp_path / "p.png")
     assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"

@@ -30,9 +30,32 @@ def test_two_tiny_models_at_two_precisions_write_every_file(hf_dir, tmp_path):
     assert quantized["bits_per_byte"] != scored["bits_per_byte"]  # the int8 weights were scored, not the float ones
     assert quantized["bits_per_byte"] == pytest.approx(scored["bits_per_byte"], rel=0.05)
     for key in ("arc_easy.acc", "triage-mini.acc", "tap-target-mini.exact_match", "function-call-mini.valid_json"):
-        assert 0 <= scored[key] <= 1 and scored[f"{key}_low"] <= scored[key] <= scored[f"{key}_high"], key
+        assert scored[key] == pytest.approx(score_by_hand(hf_dir, key, options)), key
+        assert scored[f"{key}_low"] <= scored[key] <= scored[f"{key}_high"], key
     markdown = paths[1].read_text()
     assert "bits/byte [95% CI]" in markdown and "n/a" in markdown and markdown.count("\n| ") == 4
+
+
+def score_by_hand(hf_dir, key: str, options: LeaderboardOptions) -> float:
+    """A task's headline score recomputed from its per-item records, here, in this process: accuracy as the share
+    of items whose gold choice has the highest log-likelihood; a generation metric as the mean of the items'."""
+    import torch
+
+    from slmtrain.artifacts import load_model
+    from slmtrain.eval.scoring import evaluate_task
+    from slmtrain.eval.tasks import load_task
+
+    task, metric = key.split(".", 1)
+    loaded = load_model(hf_dir, torch.float32)
+    result = evaluate_task(loaded.model, loaded.tokenizer, load_task(task), options.shots, options.limit,
+                           max_new_tokens=options.max_new_tokens)
+    if metric == "acc" and "loglikelihoods" in result.records[0]:
+        values = [float(max(range(len(r["loglikelihoods"])), key=r["loglikelihoods"].__getitem__) == r["label"])
+                  for r in result.records]
+    else:
+        values = [float(r["scores"][metric]) for r in result.records]
+    assert len(values) == options.limit
+    return sum(values) / len(values)
 
 
 def test_bootstrap_interval_brackets_the_mean_and_collapses_on_constant_scores():

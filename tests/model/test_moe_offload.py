@@ -96,7 +96,7 @@ def run_bench(*args: str) -> subprocess.CompletedProcess:
 
 def test_bench_device_reports_the_offload_figures(moe_dir: Path) -> None:
     result = run_bench(f"model={moe_dir}", "offload=experts", "max_resident_experts=2", "prompt=8", "gen=8",
-                       "repeats=1", "warmup=0", "device_profile=jetson-orin-nano-8gb", "format=json")
+                       "repeats=1", "warmup=0", "hardware=jetson-orin-nano-8gb", "format=json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["max_resident_experts"] == 2 and 0 < report["cache_hit_rate"] < 1

@@ -12,11 +12,12 @@ the Pareto front of predicted loss against measured decode latency, under memory
   no depth/width correction: none has been fitted to data here, so shapes of equal N predict equal loss and the
   front trades N against latency. The law sees no benefit in a larger vocabulary or an untied head either, so
   those choices only show their cost.
-- Measurement (:mod:`slmtrain.eval.runtime`): prefill tokens/s and time to first token on a ``prompt``-token prompt,
-  decode tokens/s with ``context`` tokens in the KV cache, and peak memory. Every measurement runs in a fresh
-  process forked from a server that has imported torch (the process's peak RSS never goes down, so it is only the
-  candidate's own in a fresh process); candidates are measured in a new random order each round, so drift of a
-  shared machine does not favour one, and the spread across rounds is reported.
+- Measurement: a function the caller passes (the command passes :func:`slmtrain.eval.runtime.bench_shape`; scaling
+  sits below evaluation and imports none of it), returning prefill tokens/s and time to first token on a
+  ``prompt``-token prompt, decode tokens/s with ``context`` tokens in the KV cache, and peak memory. Every
+  measurement runs in a fresh process (:mod:`slmtrain.fresh_process`: the process's peak RSS never goes down, so it
+  is only the candidate's own in a fresh process); candidates are measured in a new random order each round, so
+  drift of a shared machine does not favour one, and the spread across rounds is reported.
 - Roofline: decode reads every weight and the KV cache once per token (runtime.predicted_decode_tokens_per_s).
   Measured speed falls short of it by a per-layer cost (kernel launches, norms, RoPE, cache writes: work that
   bandwidth does not predict), so seconds per token = bytes / bandwidth + layers x overhead is fitted to the
@@ -27,17 +28,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import multiprocessing
 import random
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from slmtrain.config import ConfigError, UserError, require
+from slmtrain.fresh_process import in_fresh_processes
 from slmtrain.hardware import DeviceProfile, get_profile, profile_names
 from slmtrain.model import presets
 from slmtrain.model.config import ModelConfig
@@ -54,7 +55,7 @@ PUBLISHED_PRESETS = tuple(name for name in presets.names() if not name.startswit
 class CodesignOptions:
     out: Path  # folder for codesign.json and codesign.png
     params: str = "100e6:400e6"  # MIN:MAX total parameters (embeddings included) of the candidate shapes
-    device_profile: str = "host"  # roofline and memory limit: host (measured here) or a slmtrain.hardware profile
+    hardware: str = "host"  # roofline and memory limit: host (measured here) or a slmtrain.hardware profile
     precision: Literal["bf16", "int8", "int4"] = "bf16"  # weights as run: bf16, or slmtrain.eval.quantize over bf16
     context: int = 2048  # tokens in the KV cache while decode speed is measured
     tokens: float | None = None  # planned training tokens; None: each shape's compute-optimal tokens under law
@@ -79,8 +80,8 @@ class CodesignOptions:
     format: Literal["table", "json"] = "table"  # what the command prints
 
     def __post_init__(self) -> None:
-        require(self.device_profile in profile_names(), "device_profile",
-                f"invalid value {self.device_profile!r}; valid choices: {', '.join(profile_names())}")
+        require(self.hardware in profile_names(), "hardware",
+                f"invalid value {self.hardware!r}; valid choices: {', '.join(profile_names())}")
         parse_range("params", self.params)
         parse_range("widths", self.widths)
         for key in ("context", "max_candidates", "rounds", "prompt", "gen", "threads"):
@@ -181,56 +182,40 @@ class Job:
     profile: DeviceProfile
 
 
-def measure(job: Job) -> dict[str, float]:
-    """One measurement of one shape, run in a fresh process: random weights at the job's precision, prefill and
-    TTFT on a random prompt, decode with ``context - gen`` cached positions, and the process's peak memory."""
-    import torch
+class Measurement(Protocol):
+    """What co-design reads of one measurement (slmtrain.eval.runtime.RuntimeResult has these and more)."""
 
-    from slmtrain.config import build
-    from slmtrain.eval.quantize import quantize_model
-    from slmtrain.eval.runtime import (decode_timing, predicted_decode_tokens_per_s, prefill_timing,
-                                       reset_peak_memory, ttft_timing, weight_bytes)
-    from slmtrain.hardware import peak_memory
-    from slmtrain.model.transformer import Transformer
-
-    torch.set_num_threads(job.threads)
-    torch.manual_seed(0)
-    model = Transformer(build(ModelConfig, job.config)).to(torch.bfloat16).eval()
-    if job.precision != "bf16":
-        model, _ = quantize_model(model, job.precision)  # the bf16 model is dropped: only this one is kept
-    reset_peak_memory()  # the peak is the quantised model's run, not the quantisation's transient copy
-    prefill = prefill_timing(model, job.prompt, repeats=1, warmup=1)
-    ttft = ttft_timing(model, job.prompt, repeats=1, warmup=0)
-    decode = decode_timing(model, job.gen, depth=job.context - job.gen, repeats=1, warmup=1, fill_context=False)
-    peak, _ = peak_memory(torch.device("cpu"))
-    return {"prefill_tokens_per_s": job.prompt / prefill.mean_s, "decode_tokens_per_s": job.gen / decode.mean_s,
-            "ttft_s": ttft.mean_s, "peak_memory_bytes": peak, "weight_bytes": weight_bytes(model),
-            "predicted_decode_tokens_per_s": predicted_decode_tokens_per_s(model, job.profile, job.context)}
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    ttft_s: float
+    peak_memory_bytes: int
+    weight_bytes: int
+    predicted_decode_tokens_per_s: float
 
 
-def measure_all(jobs: list[Job], rounds: int, time_budget_s: float, seed: int) -> dict[str, list[dict[str, float]]]:
-    """Each round measures every job once in a new random order, each measurement in a fresh process; no
-    measurement starts once ``time_budget_s`` has passed. Progress goes to stderr."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "torchao.quantization", "slmtrain.eval.runtime",
-                                    "slmtrain.eval.quantize"])
+def measure_all(jobs: list[Job], rounds: int, time_budget_s: float, seed: int,
+                measure: Callable[[Job], Measurement], preload: tuple[str, ...] = ()) -> dict[str, list[Measurement]]:
+    """Each round measures every job once in a new random order, each measurement in a fresh process (whose server
+    imports ``preload`` once); no measurement starts once ``time_budget_s`` has passed. Progress goes to stderr."""
     order = random.Random(seed + 1)
-    results: dict[str, list[dict[str, float]]] = {job.name: [] for job in jobs}
-    start, total, done = time.perf_counter(), rounds * len(jobs), 0
-    with ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1) as pool:
-        for round_index in range(rounds):
-            for job in order.sample(jobs, len(jobs)):
-                elapsed = time.perf_counter() - start
-                if elapsed > time_budget_s:
-                    print(f"time budget of {time_budget_s:g} s spent after {done}/{total} measurements",
-                          file=sys.stderr)
-                    return results
-                result = pool.submit(measure, job).result()
-                results[job.name].append(result)
-                done += 1
-                print(f"[{done}/{total}] round {round_index + 1} {job.name}: decode "
-                      f"{result['decode_tokens_per_s']:.3g} tok/s, prefill {result['prefill_tokens_per_s']:.3g} tok/s "
-                      f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    schedule = [(round_index, job) for round_index in range(rounds) for job in order.sample(jobs, len(jobs))]
+    results: dict[str, list[Measurement]] = {job.name: [] for job in jobs}
+    start, done = time.perf_counter(), 0
+
+    def within_budget():  # read lazily: a job is handed out only when the one before it has finished
+        for round_index, job in schedule:
+            if time.perf_counter() - start > time_budget_s:
+                print(f"time budget of {time_budget_s:g} s spent after {done}/{len(schedule)} measurements",
+                      file=sys.stderr)
+                return
+            yield job
+
+    for (round_index, job), result in zip(schedule, in_fresh_processes(measure, within_budget(), preload)):
+        results[job.name].append(result)
+        done += 1
+        print(f"[{done}/{len(schedule)}] round {round_index + 1} {job.name}: decode "
+              f"{result.decode_tokens_per_s:.3g} tok/s, prefill {result.prefill_tokens_per_s:.3g} tok/s "
+              f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
     return results
 
 
@@ -325,7 +310,7 @@ def mean_and_spread(values: list[float]) -> tuple[float, float | None]:
     return mean, statistics.stdev(values) / mean if len(values) > 1 else None
 
 
-def summarise(name: str, kind: str, config: ModelConfig, measurements: list[dict[str, float]], law: ScalingLaw,
+def summarise(name: str, kind: str, config: ModelConfig, measurements: list[Measurement], law: ScalingLaw,
               tokens: float | None) -> dict[str, Any]:
     """One shape's JSON row: shape, parameters, predicted loss, and the mean (and spread) of its measurements."""
     non_embedding = config.non_embedding_params()
@@ -334,26 +319,29 @@ def summarise(name: str, kind: str, config: ModelConfig, measurements: list[dict
                            "params": config.params(), "non_embedding_params": non_embedding, "tokens": planned,
                            "predicted_loss": law.loss(non_embedding, planned), "rounds_measured": len(measurements)}
     for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_s"):
-        row[f"measured_{key}"], row[f"measured_{key}_spread"] = mean_and_spread([m[key] for m in measurements])
+        row[f"measured_{key}"], row[f"measured_{key}_spread"] = mean_and_spread(
+            [getattr(m, key) for m in measurements])
     row["peak_memory_bytes"], row["peak_memory_bytes_spread"] = mean_and_spread(
-        [m["peak_memory_bytes"] for m in measurements])
-    row["weight_bytes"] = measurements[0]["weight_bytes"]
-    row["predicted_decode_tokens_per_s"] = measurements[0]["predicted_decode_tokens_per_s"]
+        [m.peak_memory_bytes for m in measurements])
+    row["weight_bytes"] = measurements[0].weight_bytes
+    row["predicted_decode_tokens_per_s"] = measurements[0].predicted_decode_tokens_per_s
     row["decode_latency_ms"] = 1000 / row["measured_decode_tokens_per_s"]
     row["config"] = dataclasses.asdict(config)
     return row
 
 
-def codesign(options: CodesignOptions) -> dict[str, Any]:
-    """Measure the sampled shapes (and the published presets in range), predict their loss, and find the front."""
+def codesign(options: CodesignOptions, measure: Callable[[Job], Measurement],
+             preload: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Measure the sampled shapes (and the published presets in range) with ``measure`` (each call in a fresh
+    process; ``preload``: modules it needs, imported once), predict their loss, and find the front."""
     law = load_law(options.law)
-    profile = get_profile(options.device_profile)
+    profile = get_profile(options.hardware)
     shapes = {shape_name(c): ("candidate", c) for c in sample_candidates(options)}
     if options.compare_presets:
         shapes.update({name: ("preset", c) for name, c in reference_presets(options).items()})
     jobs = [Job(name, dataclasses.asdict(config), options.precision, options.context, options.prompt, options.gen,
                 options.threads, profile) for name, (_, config) in shapes.items()]
-    measurements = measure_all(jobs, options.rounds, options.time_budget_s, options.seed)
+    measurements = measure_all(jobs, options.rounds, options.time_budget_s, options.seed, measure, preload)
     rows = [summarise(name, kind, config, measurements[name], law, options.tokens)
             for name, (kind, config) in shapes.items() if measurements[name]]
     if not rows:
@@ -367,7 +355,7 @@ def codesign(options: CodesignOptions) -> dict[str, Any]:
         row["pareto"] = on_front
     for row in rows:
         row.setdefault("pareto", False)
-    fit = (fit_decode_overhead(rows, profile.memory_bandwidth) if options.device_profile == "host"
+    fit = (fit_decode_overhead(rows, profile.memory_bandwidth) if options.hardware == "host"
            else {"fitted": False, "reason": f"the roofline is for {profile.name}, the measurements for this host"})
     for row in rows:
         row["fitted_decode_tokens_per_s"] = (
@@ -395,7 +383,7 @@ def codesign(options: CodesignOptions) -> dict[str, Any]:
                         "median_decode_spread": statistics.median(spreads) if spreads else None,
                         "peak_memory": "peak RSS of a fresh process forked from a server holding torch, counted "
                                        "from the loaded (and quantised) model (the runtime itself included)", "device": "this host (random weights)"},
-        "device_profile": dataclasses.asdict(profile),
+        "device_profile": dataclasses.asdict(profile),  # the hardware= profile (key kept: codesign.json readers)
         "options": {key: str(value) if isinstance(value, Path) else value
                     for key, value in dataclasses.asdict(options).items()},
     }

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from slmtrain.config import ConfigError, build, parse_overrides
-from slmtrain.eval.codesign import (CodesignOptions, Job, codesign, fit_decode_overhead, measure, pareto_flags,
-                                    sample_candidates, write_outputs)
+from slmtrain.eval.runtime import SHAPE_PRELOAD, bench_shape
+from slmtrain.scaling.codesign import (CodesignOptions, Job, codesign, fit_decode_overhead, pareto_flags,
+                                       sample_candidates, write_outputs)
 from slmtrain.hardware import DeviceProfile
 from slmtrain.model import presets
 from slmtrain.model.config import ModelConfig
@@ -26,7 +27,7 @@ PROFILE = DeviceProfile("test", 1e10, memory_bandwidth=1e10, peak_flops={}, powe
 
 def test_host_search_writes_a_non_dominated_front_and_trains_its_recommendation(tmp_path):
     options = build(CodesignOptions, {**TINY_SEARCH, "out": tmp_path / "out"})
-    result = codesign(options)
+    result = codesign(options, bench_shape, SHAPE_PRELOAD)
     json_path, plot_path = write_outputs(result, options.out)
     rows = json.loads(json_path.read_text())["candidates"]
     assert len(rows) == 4 and plot_path.stat().st_size > 0
@@ -60,11 +61,11 @@ def test_decode_speed_orders_shapes_that_differ_only_in_bytes_per_token():
     for vocab in (1024, 65536):  # the tied head reads 0.5 MiB or 32 MiB of bf16 weights per token
         config = ModelConfig(vocab_size=vocab, **shape)
         job = Job(f"v{vocab}", dataclasses.asdict(config), "bf16", 64, 16, 8, 1, PROFILE)
-        speeds[vocab] = [measure(job) for _ in range(2)]
-    best = {vocab: max(m["decode_tokens_per_s"] for m in runs) for vocab, runs in speeds.items()}
+        speeds[vocab] = [bench_shape(job) for _ in range(2)]
+    best = {vocab: max(m.decode_tokens_per_s for m in runs) for vocab, runs in speeds.items()}
     assert best[1024] > 2 * best[65536]
-    assert speeds[1024][0]["predicted_decode_tokens_per_s"] > speeds[65536][0]["predicted_decode_tokens_per_s"]
-    assert speeds[1024][0]["weight_bytes"] < speeds[65536][0]["weight_bytes"]
+    assert speeds[1024][0].predicted_decode_tokens_per_s > speeds[65536][0].predicted_decode_tokens_per_s
+    assert speeds[1024][0].weight_bytes < speeds[65536][0].weight_bytes
 
 
 def test_a_fixed_seed_gives_the_same_candidate_list():
