@@ -36,6 +36,8 @@ import torch
 from slmtrain.config import ConfigError, UserError, check_choice
 from slmtrain.model.config import ModelConfig, MoEConfig, RopeScaling
 from slmtrain.model.formats.hf import hf_architecture, model_from_state_dict
+from slmtrain.model.formats.mapping import (HALVES, SAME, VECTOR, Layers, Row, Transform, export_tensors, first_rows,
+                                            import_tensors, row, split, then)
 from slmtrain.model.transformer import Transformer, rope_inverse_frequencies
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "olmoe", "qwen2moe")  # llama.cpp's names
@@ -85,7 +87,7 @@ def _splitting(pre_tokenizer: dict[str, Any] | None) -> Any:
     return pre_tokenizer
 
 
-def _name(tensor: gguf.MODEL_TENSOR, block: int | None = None, suffix: str = "weight") -> str:
+def _name(tensor: gguf.MODEL_TENSOR, block: int | str | None = None, suffix: str = "weight") -> str:
     template = gguf.TENSOR_NAMES[tensor]
     return (template.format(bid=block) if block is not None else template) + "." + suffix
 
@@ -133,61 +135,60 @@ def unpermute_from_gguf(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return weight.reshape(heads, rows // heads // 2, 2, -1).swapaxes(1, 2).reshape(weight.shape)
 
 
-def _gated_ffns(config: ModelConfig, layer: int) -> list[tuple[str, str, tuple[gguf.MODEL_TENSOR, ...]]]:
-    """Each SwiGLU FFN of a layer: slmtrain's fused gate-then-up key, its down key, and the llama.cpp gate, up and
-    down tensors they become (the routed experts are stacked: one 3D tensor each)."""
-    p = f"blocks.{layer}.mlp."
-    if not config.is_moe_layer(layer):
-        return [(p + "up.weight", p + "down.weight", DENSE_FFN)]
-    assert config.moe is not None
-    ffns = [(p + "experts.up", p + "experts.down", ROUTED_EXPERTS)]
+def interleaved(heads: int) -> Transform:
+    return Transform(lambda t: [permute_for_gguf(t, heads)], lambda parts: unpermute_from_gguf(parts[0], heads))
+
+
+def gguf_table(config: ModelConfig, arch: str) -> list[Row]:
+    """slmtrain name <-> llama.cpp names in architecture ``arch``: fused q/k/v and gate/up split (the routed
+    experts' into one 3D stack each for gate, up and down), q/k rows interleaved for ``llama``."""
+    q, kv, vocab = config.n_head * config.head_dim_, config.kv_heads * config.head_dim_, config.vocab_size
+    qkv = split(q, kv, kv)
+    if arch == "llama":  # llama.cpp rotates adjacent pairs of q and k rows there, rotate-half elsewhere
+        qkv = then(qkv, (interleaved(config.n_head), interleaved(config.kv_heads), SAME))
+    table = [
+        row("embed.weight", _name(T.TOKEN_EMBD), transform=first_rows(vocab)),
+        row("norm.weight", _name(T.OUTPUT_NORM)),
+        *(row(f"blocks.{{i}}.attn.qkv.{kind}", *(_name(t, "{i}", kind) for t in (T.ATTN_Q, T.ATTN_K, T.ATTN_V)),
+              transform=qkv) for kind in (("weight", "bias") if config.qkv_bias else ("weight",))),
+        row("blocks.{i}.attn.out.weight", _name(T.ATTN_OUT, "{i}")),
+        row("blocks.{i}.attn_norm.weight", _name(T.ATTN_NORM, "{i}")),
+        row("blocks.{i}.mlp_norm.weight", _name(T.FFN_NORM, "{i}")),
+        *_gated_ffn("blocks.{i}.mlp.up.weight", "blocks.{i}.mlp.down.weight", DENSE_FFN, layers="dense"),
+    ]
+    if not config.tie_embeddings:  # llama.cpp reuses token_embd when output is absent
+        table.append(row("lm_head.weight", _name(T.OUTPUT), transform=first_rows(vocab)))
+    if config.qk_norm:
+        table += [row("blocks.{i}.attn.q_norm.weight", _name(T.ATTN_Q_NORM, "{i}")),
+                  row("blocks.{i}.attn.k_norm.weight", _name(T.ATTN_K_NORM, "{i}"))]
+    if config.moe is None:
+        return table
+    table += [row("blocks.{i}.mlp.router.weight", _name(T.FFN_GATE_INP, "{i}"), layers="moe"),
+              *_gated_ffn("blocks.{i}.mlp.experts.up", "blocks.{i}.mlp.experts.down", ROUTED_EXPERTS, layers="moe")]
     if config.moe.shared_experts:  # all of them run as one wider FFN, llama.cpp's single shared expert
-        ffns.append((p + "shared.up.weight", p + "shared.down.weight", SHARED_EXPERT))
-    return ffns
+        table += _gated_ffn("blocks.{i}.mlp.shared.up.weight", "blocks.{i}.mlp.shared.down.weight", SHARED_EXPERT,
+                            layers="moe")
+    if config.moe.shared_gate:
+        table.append(row("blocks.{i}.mlp.shared_gate.weight", _name(T.FFN_GATE_INP_SHEXP, "{i}"), transform=VECTOR,
+                         layers="moe"))
+    return table
 
 
-def _moe_gates(config: ModelConfig, layer: int) -> list[tuple[str, gguf.MODEL_TENSOR]]:
-    """The router and the shared expert's gate of an MoE layer (slmtrain key, llama.cpp tensor)."""
-    if not config.is_moe_layer(layer):
-        return []
-    assert config.moe is not None
-    p = f"blocks.{layer}.mlp."
-    gates = [(p + "router.weight", T.FFN_GATE_INP)]
-    if config.moe.shared_gate:  # llama.cpp reads it as a vector, slmtrain holds a (1, d_model) Linear
-        gates.append((p + "shared_gate.weight", T.FFN_GATE_INP_SHEXP))
-    return gates
+def _gated_ffn(up: str, down: str, kinds: tuple[gguf.MODEL_TENSOR, ...], layers: Layers) -> list[Row]:
+    """A SwiGLU FFN: slmtrain's fused gate-then-up matrix (a 3D stack for the routed experts) and its down one."""
+    gate_kind, up_kind, down_kind = kinds
+    return [row(up, _name(gate_kind, "{i}"), _name(up_kind, "{i}"), transform=HALVES, layers=layers),
+            row(down, _name(down_kind, "{i}"), layers=layers)]
 
 
 def gguf_tensors(model: Transformer) -> dict[str, torch.Tensor]:
     """llama.cpp tensor name -> fp32 tensor in numpy (row-major) layout."""
     c = model.config
     arch = gguf_architecture(c)
-    interleaved = arch == "llama"
     sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    out = {_name(T.TOKEN_EMBD): sd["embed.weight"][: c.vocab_size], _name(T.OUTPUT_NORM): sd["norm.weight"]}
-    if not c.tie_embeddings or arch in OUTPUT_REQUIRED:  # llama.cpp reuses token_embd when output is absent
-        out[_name(T.OUTPUT)] = sd["lm_head.weight"][: c.vocab_size]
-    q_size, kv_size = c.n_head * c.head_dim_, c.kv_heads * c.head_dim_
-    for i in range(c.n_layer):
-        p = f"blocks.{i}."
-        for suffix in ("weight", "bias") if c.qkv_bias else ("weight",):
-            q, k, v = sd[f"{p}attn.qkv.{suffix}"].split([q_size, kv_size, kv_size])
-            if interleaved:
-                q, k = permute_for_gguf(q, c.n_head), permute_for_gguf(k, c.kv_heads)
-            out |= {_name(T.ATTN_Q, i, suffix): q, _name(T.ATTN_K, i, suffix): k, _name(T.ATTN_V, i, suffix): v}
-        if c.qk_norm:
-            out |= {_name(T.ATTN_Q_NORM, i): sd[p + "attn.q_norm.weight"],
-                    _name(T.ATTN_K_NORM, i): sd[p + "attn.k_norm.weight"]}
-        out |= {
-            _name(T.ATTN_NORM, i): sd[p + "attn_norm.weight"],
-            _name(T.ATTN_OUT, i): sd[p + "attn.out.weight"],
-            _name(T.FFN_NORM, i): sd[p + "mlp_norm.weight"],
-        }
-        for up_key, down_key, (gate_kind, up_kind, down_kind) in _gated_ffns(c, i):
-            gate, up = sd[up_key].chunk(2, dim=-2)  # the rows of each matrix, per expert for a 3D stack
-            out |= {_name(gate_kind, i): gate, _name(up_kind, i): up, _name(down_kind, i): sd[down_key]}
-        for key, kind in _moe_gates(c, i):
-            out[_name(kind, i)] = sd[key].flatten() if kind == T.FFN_GATE_INP_SHEXP else sd[key]
+    out = export_tensors(gguf_table(c, arch), c, sd)
+    if c.tie_embeddings and arch in OUTPUT_REQUIRED:  # a copy: this file then reads back as an untied model
+        out[_name(T.OUTPUT)] = out[_name(T.TOKEN_EMBD)]
     if c.rope_scaling.kind == "llama3":  # per-frequency divisors, what llama.cpp applies to its base frequencies
         base = rope_inverse_frequencies(c.head_dim_, c.rope_theta, type(c.rope_scaling)())
         scaled = rope_inverse_frequencies(c.head_dim_, c.rope_theta, c.rope_scaling)
@@ -481,35 +482,6 @@ def _decimal(value: float) -> float:
     return float(str(np.float32(value)))
 
 
-def _state_dict(config: ModelConfig, tensors: dict[str, np.ndarray], interleaved: bool) -> dict[str, torch.Tensor]:
-    """slmtrain's state dict from llama.cpp tensors: the inverse of :func:`gguf_tensors`."""
-
-    def get(kind: gguf.MODEL_TENSOR, block: int | None = None, suffix: str = "weight") -> torch.Tensor:
-        return torch.from_numpy(tensors[_name(kind, block, suffix)])
-
-    sd = {"embed.weight": get(T.TOKEN_EMBD), "norm.weight": get(T.OUTPUT_NORM)}
-    sd["lm_head.weight"] = sd["embed.weight"] if config.tie_embeddings else get(T.OUTPUT)
-    for i in range(config.n_layer):
-        p = f"blocks.{i}."
-        for suffix in ("weight", "bias") if config.qkv_bias else ("weight",):
-            q, k, v = get(T.ATTN_Q, i, suffix), get(T.ATTN_K, i, suffix), get(T.ATTN_V, i, suffix)
-            if interleaved:
-                q, k = unpermute_from_gguf(q, config.n_head), unpermute_from_gguf(k, config.kv_heads)
-            sd[f"{p}attn.qkv.{suffix}"] = torch.cat([q, k, v])
-        if config.qk_norm:
-            sd[p + "attn.q_norm.weight"], sd[p + "attn.k_norm.weight"] = get(T.ATTN_Q_NORM, i), get(T.ATTN_K_NORM, i)
-        sd |= {
-            p + "attn_norm.weight": get(T.ATTN_NORM, i),
-            p + "attn.out.weight": get(T.ATTN_OUT, i),
-            p + "mlp_norm.weight": get(T.FFN_NORM, i),
-        }
-        for up_key, down_key, (gate_kind, up_kind, down_kind) in _gated_ffns(config, i):
-            sd[up_key], sd[down_key] = torch.cat([get(gate_kind, i), get(up_kind, i)], dim=-2), get(down_kind, i)
-        for key, kind in _moe_gates(config, i):
-            sd[key] = get(kind, i)[None] if kind == T.FFN_GATE_INP_SHEXP else get(kind, i)
-    return sd
-
-
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Transformer, GGUFTokenizer | None]:
     """A Transformer and tokenizer from a llama.cpp GGUF file: hyperparameters from its metadata, tensors
     dequantised by the gguf package, the tokenizer rebuilt from its vocabulary (None for ``none``)."""
@@ -520,7 +492,8 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Tra
     config = gguf_model_config(reader, {name: shape for name, (shape, _, _) in tensors.items()}, path,
                                values.get(_name(T.ROPE_FREQS)))
     try:
-        state = _state_dict(config, values, interleaved=_field(reader, "general.architecture") == "llama")
+        table = gguf_table(config, _field(reader, "general.architecture"))
+        state = import_tensors(table, config, lambda name: torch.from_numpy(values[name]))
     except KeyError as e:
         raise UserError(f"{path}: tensor {e} missing for the architecture its metadata names") from None
     try:
