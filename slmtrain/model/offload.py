@@ -19,7 +19,8 @@ import torch
 from safetensors import safe_open
 
 from slmtrain.config import ConfigError, UserError
-from slmtrain.model.formats.hf import hf_table, load_hf, model_config_from_hf, read_hf_config, read_hf_expert, safetensors_files
+from slmtrain.model.formats.hf import (hf_table, load_hf, model_config_from_hf, read_hf_config, read_hf_expert,
+                                       safetensors_files)
 from slmtrain.model.formats.mapping import Row
 from slmtrain.model.moe import ExpertGroup, MoE
 from slmtrain.model.transformer import KVCache, Transformer

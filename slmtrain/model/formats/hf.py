@@ -6,7 +6,8 @@ Architecture choice on export: dense models are Llama, Qwen2 with q/k/v biases, 
 Mixtral (softmax, top-k renormalised), OLMoE with QK-norm over the projections, Qwen2-MoE with a gated shared
 expert (and optional dense first layers); what none of them can represent (sigmoid routing, a loss-free routing
 bias...) is an error naming it. Experts are written one tensor per expert, the layout transformers saves and the
-released checkpoints use. Only safetensors are read (no pickles) and no remote code ever runs.
+released checkpoints use. Only safetensors are read (no pickles) and no remote code ever runs. Tensor names come
+from one table (:func:`hf_table`) that export and import both walk.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def then(first: Transform, each: tuple[Transform, ...]) -> Transform:
 @dataclass(frozen=True)
 class Row:
     ours: str  # slmtrain's name; ``{i}`` the layer
-    theirs: tuple[str, ...]  # the format's names, one per part the transform makes; ``{i}`` the layer, ``{e}`` an expert
+    theirs: tuple[str, ...]  # the format's names, one per part the transform makes; ``{i}`` layer, ``{e}`` expert
     transform: Transform = SAME
     layers: Layers = "every"  # for a per-layer row: every layer, or only the dense or the MoE ones
 
@@ -111,9 +111,8 @@ def import_tensors(table: list[Row], config: ModelConfig, get: Callable[[str], t
         if not r.per_expert:
             state[r.ours.format(i=i)] = r.transform.back([get(name) for name in r.names(i)])
         elif experts:
-            assert config.moe is not None
-            stack = [import_expert(r, get, i, e) for e in range(config.moe.experts)]  # type: ignore[arg-type]
-            state[r.ours.format(i=i)] = torch.stack(stack)
+            assert config.moe is not None and i is not None  # experts live in layers
+            state[r.ours.format(i=i)] = torch.stack([import_expert(r, get, i, e) for e in range(config.moe.experts)])
     if config.tie_embeddings:
         state.setdefault("lm_head.weight", state["embed.weight"])
     return state
