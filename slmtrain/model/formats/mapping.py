@@ -48,7 +48,7 @@ def first_rows(n: int) -> Transform:
 
 
 def then(first: Transform, each: tuple[Transform, ...]) -> Transform:
-    """``first``, then the k-th of ``each`` (one tensor to one) on the k-th part it made: llama.cpp's q/k permutation."""
+    """``first``, then the k-th of ``each`` (one tensor to one) on the k-th part it made: llama.cpp's q/k order."""
     return Transform(
         lambda t: [part for f, piece in zip(each, first.to(t)) for part in f.to(piece)],
         lambda parts: first.back([f.back([piece]) for f, piece in zip(each, parts)]),
