@@ -1,9 +1,7 @@
 """Export a model to a Hugging Face directory (config.json + model.safetensors, and its tokenizer when known) that
 transformers.AutoModelForCausalLM.from_pretrained loads.
 
-    python launch/export_hf.py ckpt=PATH out=DIR [dtype=fp32|bf16|fp16]
-
-ckpt: an slmtrain run directory or training checkpoint, or a Hugging Face directory (anything load_model takes).
+    python launch/export_hf.py model=PATH out=DIR [dtype=fp32|bf16|fp16]
 """
 
 from __future__ import annotations
@@ -19,20 +17,20 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 @dataclass
 class Args:
-    ckpt: str
-    out: Path
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    model: str  # a preset, HF directory, run directory, checkpoint or GGUF file (anything load_model takes)
+    out: Path  # the directory to write
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # of the written tensors
 
 
 def run(argv: list[str]) -> int:
     _, overrides = split_args(argv)
-    args = announce(build(Args, overrides, usage="ckpt=PATH out=DIR [dtype=fp32|bf16|fp16]"))
+    args = announce(build(Args, overrides, usage="model=PATH out=DIR [dtype=fp32|bf16|fp16]"))
     import torch
 
     from slmtrain.model.formats.hf import export_hf
     from slmtrain.artifacts import load_model
 
-    loaded = load_model(args.ckpt)
+    loaded = load_model(args.model)
     tokenizer = loaded.tokenizer
     out = export_hf(
         loaded.model,

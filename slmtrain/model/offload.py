@@ -19,7 +19,9 @@ import torch
 from safetensors import safe_open
 
 from slmtrain.config import ConfigError, UserError
-from slmtrain.model.formats.hf import load_hf, model_config_from_hf, read_hf_config, read_hf_expert, safetensors_files
+from slmtrain.model.formats.hf import (hf_table, load_hf, model_config_from_hf, read_hf_config, read_hf_expert,
+                                       safetensors_files)
+from slmtrain.model.formats.mapping import Row
 from slmtrain.model.moe import ExpertGroup, MoE
 from slmtrain.model.transformer import KVCache, Transformer
 
@@ -55,10 +57,10 @@ class SafetensorsTensors:
 class OffloadedExperts(ExpertGroup):
     """One layer's routed experts, at most ``capacity`` of them in memory (least recently used evicted first)."""
 
-    def __init__(self, layer: MoE, tensors: SafetensorsTensors, model_type: str, index: int, capacity: int,
+    def __init__(self, layer: MoE, tensors: SafetensorsTensors, table: list[Row], index: int, capacity: int,
                  dtype: torch.dtype, stats: OffloadStats):
         super().__init__(layer.num_experts, layer.experts.act, layer.experts.gated)
-        self.tensors, self.model_type, self.index = tensors, model_type, index
+        self.tensors, self.table, self.index = tensors, table, index
         self.capacity, self.dtype, self.stats = capacity, dtype, stats
         self.cache: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
@@ -68,7 +70,7 @@ class OffloadedExperts(ExpertGroup):
             self.cache.move_to_end(expert)
             return self.cache[expert]
         self.stats.misses += 1
-        up, down = read_hf_expert(self.tensors, self.model_type, self.index, expert)
+        up, down = read_hf_expert(self.tensors, self.table, self.index, expert)
         self.stats.bytes_read += up.nbytes + down.nbytes  # as stored in the file
         self.cache[expert] = weights = (up.to(self.dtype), down.to(self.dtype))
         if len(self.cache) > self.capacity:
@@ -86,18 +88,17 @@ def load_offloaded(path: str | Path, max_resident_experts: int,
     path = Path(path)
     if not (path / "config.json").is_file():
         raise UserError(f"offload=experts needs a Hugging Face model directory (config.json + safetensors): {path}")
-    hf = read_hf_config(path)
-    config = model_config_from_hf(hf)
+    config = model_config_from_hf(read_hf_config(path))
     if config.moe is None:
         raise ConfigError("offload", f"{path} is a dense model: it has no experts to offload")
     if not 0 < max_resident_experts <= config.moe.experts:
         raise ConfigError("max_resident_experts", f"must be between 1 and the model's {config.moe.experts} experts "
                                                   f"per layer, got {max_resident_experts}")
     model = load_hf(path, dtype, experts=False)
-    tensors, stats = SafetensorsTensors(path), OffloadStats()
+    tensors, table, stats = SafetensorsTensors(path), hf_table(config), OffloadStats()
     for index, block in enumerate(model.blocks):
         if isinstance(block.mlp, MoE):
-            block.mlp.experts = OffloadedExperts(block.mlp, tensors, hf["model_type"], index, max_resident_experts,
+            block.mlp.experts = OffloadedExperts(block.mlp, tensors, table, index, max_resident_experts,
                                                  dtype, stats)
     return model, stats
 

@@ -75,7 +75,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
     ("bench_device", ["model=tiny", "prompt=8", "gen=8", "depths=0,100000"],  # before the main benchmark runs
      "error: depth 100000 + gen 16 exceeds max_seq_len=128"),
     ("route", ["demo", "max_digits=0"], "error: max_digits: must be >= 1, got 0"),
-    ("export_hf", ["ckpt=tiny", "out="], "error: out: expected a path, got nothing"),
+    ("export_hf", ["model=tiny", "out="], "error: out: expected a path, got nothing"),
     ("eval", ["model=tiny", "tasks=hellaswag,nosuch"],
      "error: tasks: unknown task 'nosuch'; valid choices: arc_challenge, arc_challenge:mc, "),
     ("leaderboard", ["models=tiny", "out=board", "text=/nonexistent.txt"], "error: text: /nonexistent.txt not found"),

@@ -96,7 +96,7 @@ def test_export_hf_script_from_an_hf_directory(tmp_path: Path) -> None:
     original = transformers.LlamaForCausalLM(config).eval()
     original.save_pretrained(source)
     save_word_tokenizer(source)
-    result = run("export_hf.py", f"ckpt={source}", f"out={tmp_path / 'out'}")
+    result = run("export_hf.py", f"model={source}", f"out={tmp_path / 'out'}")
     assert result.returncode == 0, result.stderr
     assert "exported hf" in result.stdout
     exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
@@ -111,9 +111,11 @@ def test_export_hf_script_from_an_hf_directory(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["out=x"], "error: ckpt: required: ckpt=PATH out=DIR"),
-        (["ckpt=does/not/exist", "out=x"], "error: model not found: does/not/exist"),
-        (["ckpt=tiny", "out=x", "dtype=int3"], "error: dtype: invalid value 'int3'; valid choices: fp32, bf16, fp16"),
+        (["out=x"], "error: model: required: model=PATH out=DIR"),
+        (["model=does/not/exist", "out=x"], "error: model not found: does/not/exist"),
+        (["model=tiny", "out=x", "dtype=int3"], "error: dtype: invalid value 'int3'; valid choices: fp32, bf16, fp16"),
+        # the model key is model= as in every other command; ckpt= (resume) belongs to train.py
+        (["ckpt=tiny", "out=x"], "error: ckpt: unknown key; valid keys: dtype, model, out"),
     ],
 )
 def test_export_hf_script_user_errors_are_one_line(args: list[str], message: str) -> None:

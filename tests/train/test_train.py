@@ -381,7 +381,7 @@ def test_a_moved_run_keeps_its_tokenizer_and_loads_without_shards(tmp_path):
         assert loaded.tokenizer is not None and loaded.tokenizer.decode(loaded.tokenizer.encode("def f(x):")) == "def f(x):"
         assert loaded.tokenizer.bos_id == loaded.tokenizer.eos_id  # documents start after EOS, as in training
     (tmp_path / "held_out.txt").write_text("The for statement is used to iterate over the elements of a sequence.")
-    commands = (["export_hf.py", f"ckpt={moved / 'checkpoints' / 'last.ckpt'}", f"out={tmp_path / 'exported'}"],
+    commands = (["export_hf.py", f"model={moved / 'checkpoints' / 'last.ckpt'}", f"out={tmp_path / 'exported'}"],
                 ["eval.py", f"model={moved / 'checkpoints' / 'last.ckpt'}", f"text={tmp_path / 'held_out.txt'}"],
                 ["bench_device.py", f"model={moved}", "prompt=16", "gen=4", "repeats=1", "format=json"])
 

@@ -15,16 +15,12 @@ Import reads every architecture it writes, and a ``rope_freqs`` tensor back as t
 renormalised for ``llama`` only), so a config they would compute differently (no renormalisation in Mixtral's
 layout, renormalisation in OLMoE's or Qwen2-MoE's, leading dense layers, GQA under OLMoE's key norm) is refused.
 
-Tokenizers: a SentencePiece model becomes llama.cpp's ``llama`` vocabulary; a Hugging Face byte-level BPE becomes
-``gpt2`` with its merges and the llama.cpp pre-tokenizer whose splitting it uses. The document-start token is the one
-the model was trained with (slmtrain's own models see EOS before every document). No tokenizer: ``none``, token ids
-only. Anything else is an error naming it. Files are written under a temporary name and renamed when complete.
+The tensor names come from one table (:func:`gguf_table`) that export and import both walk; the tokenizer travels as
+``gguf_vocab`` writes and reads it. Files are written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +31,11 @@ import torch
 
 from slmtrain.config import ConfigError, UserError, check_choice
 from slmtrain.model.config import ModelConfig, MoEConfig, RopeScaling
+from slmtrain.model.formats.gguf_vocab import GGUFTokenizer, add_vocabulary, gguf_field, gguf_tokenizer
+from slmtrain.model.formats.gguf_vocab import IGNORES_MERGES, llama_cpp_pre_tokenizers  # noqa: F401 (named here too)
 from slmtrain.model.formats.hf import hf_architecture, model_from_state_dict
+from slmtrain.model.formats.mapping import (HALVES, SAME, VECTOR, Layers, Row, Transform, export_tensors, first_rows,
+                                            import_tensors, row, split, then)
 from slmtrain.model.transformer import Transformer, rope_inverse_frequencies
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "olmoe", "qwen2moe")  # llama.cpp's names
@@ -53,39 +53,9 @@ QUANTS = {  # every type gguf.quants writes and llama.cpp's CPU backend reads fo
     "q5_1": (Q.Q5_1, gguf.LlamaFileType.MOSTLY_Q5_1), "q5_0": (Q.Q5_0, gguf.LlamaFileType.MOSTLY_Q5_0),
     "q4_1": (Q.Q4_1, gguf.LlamaFileType.MOSTLY_Q4_1), "q4_0": (Q.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
 }
-TOKENIZER_KEY_PREFIX = "tokenizer."
-IGNORES_MERGES = ("llama-bpe",)  # llama.cpp looks whole words up in the vocabulary first, as Llama 3's tokenizer
 
 
-def llama_cpp_pre_tokenizers() -> dict[str, Any]:
-    """llama.cpp pre-tokenizer name -> the ``tokenizers`` pre-tokenizer that splits text the same way (llama.cpp's
-    src/llama-vocab.cpp holds the regexes; these are the published tokenizer.json originals)."""
-    from tokenizers import Regex, pre_tokenizers as pre
-
-    def split_then_bytes(pattern: str) -> Any:
-        return pre.Sequence([pre.Split(Regex(pattern), behavior="isolated", invert=False),
-                             pre.ByteLevel(add_prefix_space=False, use_regex=False)])
-
-    words = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|"
-    rest = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-    return {
-        "gpt-2": pre.ByteLevel(add_prefix_space=False, use_regex=True),
-        "smollm": pre.Sequence([pre.Digits(individual_digits=True), pre.ByteLevel(add_prefix_space=False)]),
-        "llama-bpe": split_then_bytes(words + r"\p{N}{1,3}" + rest),  # Llama 3
-        "qwen2": split_then_bytes(words + r"\p{N}" + rest),  # Qwen2, Qwen2.5, Qwen3
-    }
-
-
-def _splitting(pre_tokenizer: dict[str, Any] | None) -> Any:
-    """A serialised pre-tokenizer without the keys that only change offsets, so equal splitting compares equal."""
-    if isinstance(pre_tokenizer, dict):
-        return {k: _splitting(v) for k, v in pre_tokenizer.items() if k != "trim_offsets"}
-    if isinstance(pre_tokenizer, list):
-        return [_splitting(v) for v in pre_tokenizer]
-    return pre_tokenizer
-
-
-def _name(tensor: gguf.MODEL_TENSOR, block: int | None = None, suffix: str = "weight") -> str:
+def _name(tensor: gguf.MODEL_TENSOR, block: int | str | None = None, suffix: str = "weight") -> str:
     template = gguf.TENSOR_NAMES[tensor]
     return (template.format(bid=block) if block is not None else template) + "." + suffix
 
@@ -133,61 +103,60 @@ def unpermute_from_gguf(weight: torch.Tensor, heads: int) -> torch.Tensor:
     return weight.reshape(heads, rows // heads // 2, 2, -1).swapaxes(1, 2).reshape(weight.shape)
 
 
-def _gated_ffns(config: ModelConfig, layer: int) -> list[tuple[str, str, tuple[gguf.MODEL_TENSOR, ...]]]:
-    """Each SwiGLU FFN of a layer: slmtrain's fused gate-then-up key, its down key, and the llama.cpp gate, up and
-    down tensors they become (the routed experts are stacked: one 3D tensor each)."""
-    p = f"blocks.{layer}.mlp."
-    if not config.is_moe_layer(layer):
-        return [(p + "up.weight", p + "down.weight", DENSE_FFN)]
-    assert config.moe is not None
-    ffns = [(p + "experts.up", p + "experts.down", ROUTED_EXPERTS)]
+def interleaved(heads: int) -> Transform:
+    return Transform(lambda t: [permute_for_gguf(t, heads)], lambda parts: unpermute_from_gguf(parts[0], heads))
+
+
+def gguf_table(config: ModelConfig, arch: str) -> list[Row]:
+    """slmtrain name <-> llama.cpp names in architecture ``arch``: fused q/k/v and gate/up split (the routed
+    experts' into one 3D stack each for gate, up and down), q/k rows interleaved for ``llama``."""
+    q, kv, vocab = config.n_head * config.head_dim_, config.kv_heads * config.head_dim_, config.vocab_size
+    qkv = split(q, kv, kv)
+    if arch == "llama":  # llama.cpp rotates adjacent pairs of q and k rows there, rotate-half elsewhere
+        qkv = then(qkv, (interleaved(config.n_head), interleaved(config.kv_heads), SAME))
+    table = [
+        row("embed.weight", _name(T.TOKEN_EMBD), transform=first_rows(vocab)),
+        row("norm.weight", _name(T.OUTPUT_NORM)),
+        *(row(f"blocks.{{i}}.attn.qkv.{kind}", *(_name(t, "{i}", kind) for t in (T.ATTN_Q, T.ATTN_K, T.ATTN_V)),
+              transform=qkv) for kind in (("weight", "bias") if config.qkv_bias else ("weight",))),
+        row("blocks.{i}.attn.out.weight", _name(T.ATTN_OUT, "{i}")),
+        row("blocks.{i}.attn_norm.weight", _name(T.ATTN_NORM, "{i}")),
+        row("blocks.{i}.mlp_norm.weight", _name(T.FFN_NORM, "{i}")),
+        *_gated_ffn("blocks.{i}.mlp.up.weight", "blocks.{i}.mlp.down.weight", DENSE_FFN, layers="dense"),
+    ]
+    if not config.tie_embeddings:  # llama.cpp reuses token_embd when output is absent
+        table.append(row("lm_head.weight", _name(T.OUTPUT), transform=first_rows(vocab)))
+    if config.qk_norm:
+        table += [row("blocks.{i}.attn.q_norm.weight", _name(T.ATTN_Q_NORM, "{i}")),
+                  row("blocks.{i}.attn.k_norm.weight", _name(T.ATTN_K_NORM, "{i}"))]
+    if config.moe is None:
+        return table
+    table += [row("blocks.{i}.mlp.router.weight", _name(T.FFN_GATE_INP, "{i}"), layers="moe"),
+              *_gated_ffn("blocks.{i}.mlp.experts.up", "blocks.{i}.mlp.experts.down", ROUTED_EXPERTS, layers="moe")]
     if config.moe.shared_experts:  # all of them run as one wider FFN, llama.cpp's single shared expert
-        ffns.append((p + "shared.up.weight", p + "shared.down.weight", SHARED_EXPERT))
-    return ffns
+        table += _gated_ffn("blocks.{i}.mlp.shared.up.weight", "blocks.{i}.mlp.shared.down.weight", SHARED_EXPERT,
+                            layers="moe")
+    if config.moe.shared_gate:
+        table.append(row("blocks.{i}.mlp.shared_gate.weight", _name(T.FFN_GATE_INP_SHEXP, "{i}"), transform=VECTOR,
+                         layers="moe"))
+    return table
 
 
-def _moe_gates(config: ModelConfig, layer: int) -> list[tuple[str, gguf.MODEL_TENSOR]]:
-    """The router and the shared expert's gate of an MoE layer (slmtrain key, llama.cpp tensor)."""
-    if not config.is_moe_layer(layer):
-        return []
-    assert config.moe is not None
-    p = f"blocks.{layer}.mlp."
-    gates = [(p + "router.weight", T.FFN_GATE_INP)]
-    if config.moe.shared_gate:  # llama.cpp reads it as a vector, slmtrain holds a (1, d_model) Linear
-        gates.append((p + "shared_gate.weight", T.FFN_GATE_INP_SHEXP))
-    return gates
+def _gated_ffn(up: str, down: str, kinds: tuple[gguf.MODEL_TENSOR, ...], layers: Layers) -> list[Row]:
+    """A SwiGLU FFN: slmtrain's fused gate-then-up matrix (a 3D stack for the routed experts) and its down one."""
+    gate_kind, up_kind, down_kind = kinds
+    return [row(up, _name(gate_kind, "{i}"), _name(up_kind, "{i}"), transform=HALVES, layers=layers),
+            row(down, _name(down_kind, "{i}"), layers=layers)]
 
 
 def gguf_tensors(model: Transformer) -> dict[str, torch.Tensor]:
     """llama.cpp tensor name -> fp32 tensor in numpy (row-major) layout."""
     c = model.config
     arch = gguf_architecture(c)
-    interleaved = arch == "llama"
     sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    out = {_name(T.TOKEN_EMBD): sd["embed.weight"][: c.vocab_size], _name(T.OUTPUT_NORM): sd["norm.weight"]}
-    if not c.tie_embeddings or arch in OUTPUT_REQUIRED:  # llama.cpp reuses token_embd when output is absent
-        out[_name(T.OUTPUT)] = sd["lm_head.weight"][: c.vocab_size]
-    q_size, kv_size = c.n_head * c.head_dim_, c.kv_heads * c.head_dim_
-    for i in range(c.n_layer):
-        p = f"blocks.{i}."
-        for suffix in ("weight", "bias") if c.qkv_bias else ("weight",):
-            q, k, v = sd[f"{p}attn.qkv.{suffix}"].split([q_size, kv_size, kv_size])
-            if interleaved:
-                q, k = permute_for_gguf(q, c.n_head), permute_for_gguf(k, c.kv_heads)
-            out |= {_name(T.ATTN_Q, i, suffix): q, _name(T.ATTN_K, i, suffix): k, _name(T.ATTN_V, i, suffix): v}
-        if c.qk_norm:
-            out |= {_name(T.ATTN_Q_NORM, i): sd[p + "attn.q_norm.weight"],
-                    _name(T.ATTN_K_NORM, i): sd[p + "attn.k_norm.weight"]}
-        out |= {
-            _name(T.ATTN_NORM, i): sd[p + "attn_norm.weight"],
-            _name(T.ATTN_OUT, i): sd[p + "attn.out.weight"],
-            _name(T.FFN_NORM, i): sd[p + "mlp_norm.weight"],
-        }
-        for up_key, down_key, (gate_kind, up_kind, down_kind) in _gated_ffns(c, i):
-            gate, up = sd[up_key].chunk(2, dim=-2)  # the rows of each matrix, per expert for a 3D stack
-            out |= {_name(gate_kind, i): gate, _name(up_kind, i): up, _name(down_kind, i): sd[down_key]}
-        for key, kind in _moe_gates(c, i):
-            out[_name(kind, i)] = sd[key].flatten() if kind == T.FFN_GATE_INP_SHEXP else sd[key]
+    out = export_tensors(gguf_table(c, arch), c, sd)
+    if c.tie_embeddings and arch in OUTPUT_REQUIRED:  # a copy: this file then reads back as an untied model
+        out[_name(T.OUTPUT)] = out[_name(T.TOKEN_EMBD)]
     if c.rope_scaling.kind == "llama3":  # per-frequency divisors, what llama.cpp applies to its base frequencies
         base = rope_inverse_frequencies(c.head_dim_, c.rope_theta, type(c.rope_scaling)())
         scaled = rope_inverse_frequencies(c.head_dim_, c.rope_theta, c.rope_scaling)
@@ -231,7 +200,7 @@ def export_gguf(model: Transformer, path: str | Path, quant: str = "f16", tokeni
         writer.add_expert_shared_feed_forward_length(c.shared_ffn_dim)
     matrix_type, file_type = QUANTS[quant]
     writer.add_file_type(file_type)
-    vocabulary = _add_vocabulary(writer, tokenizer, c.vocab_size)
+    vocabulary = add_vocabulary(writer, tokenizer, c.vocab_size)
     types: dict[str, str] = {}
     for tensor_name, tensor in gguf_tensors(model).items():
         data = tensor.numpy().astype(np.float32)
@@ -263,98 +232,6 @@ def _write_whole(writer: gguf.GGUFWriter, path: Path) -> None:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-def _add_vocabulary(writer: gguf.GGUFWriter, tokenizer: Any, vocab_size: int) -> str:
-    """Embed ``tokenizer`` as llama.cpp reads it; returns what was embedded."""
-    if tokenizer is None:
-        writer.add_tokenizer_model("none")
-        return "none (no tokenizer: llama.cpp runs token ids only)"
-    metadata = getattr(tokenizer, "gguf_metadata", None)  # imported from a GGUF: its vocabulary, unchanged
-    if metadata is not None:
-        for key, (value, value_type, sub_type) in metadata.items():
-            writer.add_key_value(key, value, value_type, sub_type)
-        return f"{metadata['tokenizer.ggml.model'][0]} vocabulary of the imported GGUF"
-    processor = getattr(tokenizer, "processor", None)  # slmtrain's tokenizers and exports carry SentencePiece
-    if processor is not None:
-        return _add_sentencepiece(writer, tokenizer, processor, vocab_size)
-    inner = getattr(tokenizer, "inner", None)  # a transformers tokenizer (HFTokenizer)
-    if getattr(inner, "backend_tokenizer", None) is not None:
-        return _add_byte_level_bpe(writer, tokenizer, inner, vocab_size)
-    raise ConfigError("tokenizer", f"{type(tokenizer).__name__} cannot be embedded in GGUF: llama.cpp reads "
-                                   f"SentencePiece and Hugging Face byte-level BPE tokenizers")
-
-
-def _add_sentencepiece(writer: gguf.GGUFWriter, tokenizer: Any, processor: Any, vocab_size: int) -> str:
-    from sentencepiece import sentencepiece_model_pb2
-
-    if processor.vocab_size() != vocab_size:
-        raise ConfigError("tokenizer", f"tokenizer has {processor.vocab_size()} pieces, the model {vocab_size} rows")
-    proto = sentencepiece_model_pb2.ModelProto.FromString(processor.serialized_model_proto())
-    pieces = range(processor.vocab_size())
-    kinds = [gguf.TokenType.UNKNOWN if processor.is_unknown(i) else gguf.TokenType.CONTROL if processor.is_control(i)
-             else gguf.TokenType.BYTE if processor.is_byte(i) else gguf.TokenType.UNUSED if processor.is_unused(i)
-             else gguf.TokenType.NORMAL for i in pieces]
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list([processor.id_to_piece(i) for i in pieces])
-    writer.add_token_scores([processor.get_score(i) for i in pieces])
-    writer.add_token_types(kinds)
-    writer.add_add_space_prefix(proto.normalizer_spec.add_dummy_prefix)
-    ids = _document_tokens(tokenizer) | {"unk": processor.unk_id(), "pad": processor.pad_id()}
-    for kind, token in ids.items():
-        if token >= 0:
-            getattr(writer, f"add_{kind}_token_id")(token)
-    writer.add_add_bos_token("bos" in ids)  # a document-start token is always prepended, as in training
-    writer.add_add_eos_token(False)
-    template = getattr(getattr(tokenizer, "inner", None), "chat_template", None)
-    if template:
-        writer.add_chat_template(template)
-    return "sentencepiece (llama)"
-
-
-def _add_byte_level_bpe(writer: gguf.GGUFWriter, tokenizer: Any, inner: Any, vocab_size: int) -> str:
-    backend = json.loads(inner.backend_tokenizer.to_str())
-    model, decoder = backend["model"], backend.get("decoder") or {}
-    if model["type"] != "BPE" or model.get("byte_fallback") or decoder.get("type") != "ByteLevel":
-        raise ConfigError("tokenizer", f"a {model['type']} tokenizer with a {decoder.get('type')} decoder cannot be "
-                                       "embedded in GGUF: llama.cpp reads byte-level BPE and SentencePiece")
-    splitting = _splitting(backend.get("pre_tokenizer"))
-    pre = next((name for name, candidate in llama_cpp_pre_tokenizers().items()
-                if _splitting(json.loads(candidate.__getstate__())) == splitting), None)
-    if pre is None:
-        raise ConfigError("tokenizer", f"pre-tokenizer {json.dumps(backend.get('pre_tokenizer'))[:200]} has no "
-                                       "llama.cpp equivalent (known: GPT-2, SmolLM, Llama 3, Qwen2)")
-    whole_words_first = pre in IGNORES_MERGES
-    if bool(model.get("ignore_merges")) != whole_words_first:
-        behaviour = "looks whole words up before merging" if whole_words_first else "always merges"
-        raise ConfigError("tokenizer", f"llama.cpp's {pre} pre-tokenizer {behaviour}; this tokenizer has "
-                                       f"ignore_merges={bool(model.get('ignore_merges'))}")
-    if len(inner) > vocab_size:
-        raise ConfigError("tokenizer", f"tokenizer has {len(inner)} tokens, the model {vocab_size} rows")
-    special = {i for i, token in inner.added_tokens_decoder.items() if token.special}
-    added = set(inner.added_tokens_decoder)
-    tokens = inner.convert_ids_to_tokens(list(range(vocab_size)))
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list([token if token is not None else f"[PAD{i}]" for i, token in enumerate(tokens)])
-    writer.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.USER_DEFINED
-                            if i in added or tokens[i] is None else gguf.TokenType.NORMAL for i in range(vocab_size)])
-    with tempfile.TemporaryDirectory() as saved:  # SpecialVocab reads merges, pad/unk and the chat template from files
-        inner.save_pretrained(saved)
-        vocab = gguf.SpecialVocab(saved, load_merges=True, n_vocab=vocab_size)
-    vocab.special_token_ids |= _document_tokens(tokenizer)
-    bos = vocab.special_token_ids.get("bos")  # prepended when the Hugging Face tokenizer prepends it
-    vocab.add_special_token = {"bos": bos is not None and inner.encode("a", add_special_tokens=True)[:1] == [bos],
-                               "eos": False}
-    vocab.add_to_gguf(writer, quiet=True)
-    return f"byte-level BPE (gpt2, pre-tokenizer {pre})"
-
-
-def _document_tokens(tokenizer: Any) -> dict[str, int]:
-    """BOS and EOS as the model uses them: ``tokenizer.bos_id`` is the document-start token (EOS for slmtrain's own
-    models, which see EOS before every document)."""
-    return {kind: int(token) for kind, token in (("bos", tokenizer.bos_id), ("eos", tokenizer.eos_id))
-            if token is not None and token >= 0}
-
-
 # --------------------------------------------------------------------------------------------------------- import
 def read_gguf(path: str | Path) -> dict[str, tuple[tuple[int, ...], str, np.ndarray]]:
     """Tensor name -> (numpy-order shape, GGML type name, dequantised fp32 values)."""
@@ -382,21 +259,16 @@ def _dequantised_tensors(reader: gguf.GGUFReader, path: Path) -> dict[str, tuple
     return out
 
 
-def _field(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
-    field = reader.fields.get(key)
-    return default if field is None else field.contents()
-
-
 def gguf_model_config(reader: gguf.GGUFReader, shapes: dict[str, tuple[int, ...]], path: Path,
                       rope_freqs: np.ndarray | None = None) -> ModelConfig:
     """The ModelConfig a GGUF file's metadata (and its ``rope_freqs`` tensor, if any) describes; UserError naming
     what slmtrain does not model."""
-    arch = _field(reader, "general.architecture")
+    arch = gguf_field(reader, "general.architecture")
     if arch not in ARCHITECTURES:
         raise UserError(f"{path}: unsupported architecture {arch!r}; supported: {', '.join(ARCHITECTURES)}")
 
     def key(name: str, default: Any = None) -> Any:
-        value = _field(reader, f"{arch}.{name}", default)
+        value = gguf_field(reader, f"{arch}.{name}", default)
         if value is None:
             raise UserError(f"{path}: metadata {arch}.{name} missing")
         return value
@@ -407,7 +279,7 @@ def gguf_model_config(reader: gguf.GGUFReader, shapes: dict[str, tuple[int, ...]
     head_dim = int(key("attention.key_length", d_model // n_head))  # stored even when it is d_model // n_head
     if int(key("rope.dimension_count", head_dim)) != head_dim:
         raise UserError(f"{path}: partial rotary embeddings (rope.dimension_count < head_dim) are not supported")
-    scaling_type = _field(reader, f"{arch}.rope.scaling.type", "none")
+    scaling_type = gguf_field(reader, f"{arch}.rope.scaling.type", "none")
     if scaling_type not in ("none", "linear"):
         raise UserError(f"{path}: unsupported RoPE scaling {scaling_type!r}; supported: none, linear")
     rope_theta = _decimal(key("rope.freq_base", 1e4))
@@ -481,35 +353,6 @@ def _decimal(value: float) -> float:
     return float(str(np.float32(value)))
 
 
-def _state_dict(config: ModelConfig, tensors: dict[str, np.ndarray], interleaved: bool) -> dict[str, torch.Tensor]:
-    """slmtrain's state dict from llama.cpp tensors: the inverse of :func:`gguf_tensors`."""
-
-    def get(kind: gguf.MODEL_TENSOR, block: int | None = None, suffix: str = "weight") -> torch.Tensor:
-        return torch.from_numpy(tensors[_name(kind, block, suffix)])
-
-    sd = {"embed.weight": get(T.TOKEN_EMBD), "norm.weight": get(T.OUTPUT_NORM)}
-    sd["lm_head.weight"] = sd["embed.weight"] if config.tie_embeddings else get(T.OUTPUT)
-    for i in range(config.n_layer):
-        p = f"blocks.{i}."
-        for suffix in ("weight", "bias") if config.qkv_bias else ("weight",):
-            q, k, v = get(T.ATTN_Q, i, suffix), get(T.ATTN_K, i, suffix), get(T.ATTN_V, i, suffix)
-            if interleaved:
-                q, k = unpermute_from_gguf(q, config.n_head), unpermute_from_gguf(k, config.kv_heads)
-            sd[f"{p}attn.qkv.{suffix}"] = torch.cat([q, k, v])
-        if config.qk_norm:
-            sd[p + "attn.q_norm.weight"], sd[p + "attn.k_norm.weight"] = get(T.ATTN_Q_NORM, i), get(T.ATTN_K_NORM, i)
-        sd |= {
-            p + "attn_norm.weight": get(T.ATTN_NORM, i),
-            p + "attn.out.weight": get(T.ATTN_OUT, i),
-            p + "mlp_norm.weight": get(T.FFN_NORM, i),
-        }
-        for up_key, down_key, (gate_kind, up_kind, down_kind) in _gated_ffns(config, i):
-            sd[up_key], sd[down_key] = torch.cat([get(gate_kind, i), get(up_kind, i)], dim=-2), get(down_kind, i)
-        for key, kind in _moe_gates(config, i):
-            sd[key] = get(kind, i)[None] if kind == T.FFN_GATE_INP_SHEXP else get(kind, i)
-    return sd
-
-
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Transformer, GGUFTokenizer | None]:
     """A Transformer and tokenizer from a llama.cpp GGUF file: hyperparameters from its metadata, tensors
     dequantised by the gguf package, the tokenizer rebuilt from its vocabulary (None for ``none``)."""
@@ -520,7 +363,8 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Tra
     config = gguf_model_config(reader, {name: shape for name, (shape, _, _) in tensors.items()}, path,
                                values.get(_name(T.ROPE_FREQS)))
     try:
-        state = _state_dict(config, values, interleaved=_field(reader, "general.architecture") == "llama")
+        table = gguf_table(config, gguf_field(reader, "general.architecture"))
+        state = import_tensors(table, config, lambda name: torch.from_numpy(values[name]))
     except KeyError as e:
         raise UserError(f"{path}: tensor {e} missing for the architecture its metadata names") from None
     try:
@@ -528,39 +372,3 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Tra
     except RuntimeError as e:  # shapes that contradict the metadata
         raise UserError(f"{path}: tensors do not match the metadata ({str(e).splitlines()[-1].strip()})") from None
     return model, gguf_tokenizer(reader, path)
-
-
-def gguf_tokenizer(reader: gguf.GGUFReader, path: Path) -> GGUFTokenizer | None:
-    kind = _field(reader, "tokenizer.ggml.model")
-    if kind in (None, "none", "no_vocab"):
-        return None
-    if kind not in ("llama", "gpt2"):
-        raise UserError(f"{path}: unsupported tokenizer model {kind!r}; supported: llama (SentencePiece), gpt2 (BPE)")
-    pre = _field(reader, "tokenizer.ggml.pre", "default")
-    pre_tokenizers = llama_cpp_pre_tokenizers()
-    if kind == "gpt2" and pre not in pre_tokenizers:
-        raise UserError(f"{path}: unsupported BPE pre-tokenizer {pre!r}; supported: {', '.join(pre_tokenizers)}")
-    metadata = {name: (field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None)
-                for name, field in reader.fields.items() if name.startswith(TOKENIZER_KEY_PREFIX)}
-    return GGUFTokenizer(path, metadata, pre_tokenizers.get(pre) if kind == "gpt2" else None)
-
-
-class GGUFTokenizer:
-    """A GGUF file's tokenizer: transformers rebuilds it from the vocabulary for encoding (the pre-tokenizer set to
-    llama.cpp's named one), and GGUF export embeds the original metadata unchanged."""
-
-    def __init__(self, path: Path, metadata: dict[str, tuple[Any, gguf.GGUFValueType, Any]], pre_tokenizer: Any):
-        from transformers import AutoTokenizer
-
-        self.inner = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
-        if pre_tokenizer is not None:
-            self.inner.backend_tokenizer.pre_tokenizer = pre_tokenizer
-        self.gguf_metadata = metadata
-        self.bos_id = metadata.get("tokenizer.ggml.bos_token_id", (None,))[0]
-        self.eos_id = metadata.get("tokenizer.ggml.eos_token_id", (None,))[0]
-
-    def encode(self, text: str) -> list[int]:
-        return self.inner.encode(text, add_special_tokens=False)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.inner.decode(ids, skip_special_tokens=True)

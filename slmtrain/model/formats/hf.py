@@ -6,7 +6,8 @@ Architecture choice on export: dense models are Llama, Qwen2 with q/k/v biases, 
 Mixtral (softmax, top-k renormalised), OLMoE with QK-norm over the projections, Qwen2-MoE with a gated shared
 expert (and optional dense first layers); what none of them can represent (sigmoid routing, a loss-free routing
 bias...) is an error naming it. Experts are written one tensor per expert, the layout transformers saves and the
-released checkpoints use. Only safetensors are read (no pickles) and no remote code ever runs.
+released checkpoints use. Only safetensors are read (no pickles) and no remote code ever runs. Tensor names come
+from one table (:func:`hf_table`) that export and import both walk.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from safetensors.torch import save_file
 
 from slmtrain.config import ConfigError, UserError
 from slmtrain.model.config import ModelConfig, MoEConfig, RopeScaling
+from slmtrain.model.formats.mapping import (HALVES, Layers, Row, export_tensors, first_rows, import_expert,
+                                            import_tensors, row, split)
 from slmtrain.model.transformer import Transformer, rope_inverse_frequencies
 
 MOE_MODEL_TYPES = ("mixtral", "olmoe", "qwen2_moe")
@@ -151,17 +154,49 @@ def _hf_moe_kwargs(config: ModelConfig, model_type: str) -> dict[str, Any]:
             "use_sliding_window": False}
 
 
-def hf_moe_prefix(model_type: str, layer: int) -> str:
-    """Where a layer's router and experts live in a transformers state dict."""
-    return f"model.layers.{layer}.{'block_sparse_moe' if model_type == 'mixtral' else 'mlp'}."
+def hf_table(config: ModelConfig) -> list[Row]:
+    """slmtrain name <-> transformers names: fused q/k/v and gate/up split, experts one tensor per expert (the layout
+    transformers saves and released checkpoints use), Mixtral's w1/w3/w2 under block_sparse_moe."""
+    model_type = hf_architecture(config)
+    q, kv, vocab = config.n_head * config.head_dim_, config.kv_heads * config.head_dim_, config.vocab_size
+    layer, attn, mlp = "model.layers.{i}.", "model.layers.{i}.self_attn.", "model.layers.{i}.mlp."
+    table = [
+        row("embed.weight", "model.embed_tokens.weight", transform=first_rows(vocab)),
+        row("norm.weight", "model.norm.weight"),
+        *(row(f"blocks.{{i}}.attn.qkv.{kind}", f"{attn}q_proj.{kind}", f"{attn}k_proj.{kind}",
+              f"{attn}v_proj.{kind}", transform=split(q, kv, kv))
+          for kind in (("weight", "bias") if config.qkv_bias else ("weight",))),
+        row("blocks.{i}.attn.out.weight", attn + "o_proj.weight"),
+        row("blocks.{i}.attn_norm.weight", layer + "input_layernorm.weight"),
+        row("blocks.{i}.mlp_norm.weight", layer + "post_attention_layernorm.weight"),
+        *_gated_mlp("blocks.{i}.mlp.", mlp, layers="dense"),
+    ]
+    if not config.tie_embeddings:  # tied: transformers ties lm_head to embed_tokens itself
+        table.append(row("lm_head.weight", "lm_head.weight", transform=first_rows(vocab)))
+    if config.qk_norm:
+        table += [row("blocks.{i}.attn.q_norm.weight", attn + "q_norm.weight"),
+                  row("blocks.{i}.attn.k_norm.weight", attn + "k_norm.weight")]
+    if config.moe is None:
+        return table
+    moe = layer + ("block_sparse_moe." if model_type == "mixtral" else "mlp.")
+    gate, up, down = ("w1", "w3", "w2") if model_type == "mixtral" else ("gate_proj", "up_proj", "down_proj")
+    table += [
+        row("blocks.{i}.mlp.router.weight", moe + "gate.weight", layers="moe"),
+        row("blocks.{i}.mlp.experts.up", f"{moe}experts.{{e}}.{gate}.weight", f"{moe}experts.{{e}}.{up}.weight",
+            transform=HALVES, layers="moe"),
+        row("blocks.{i}.mlp.experts.down", f"{moe}experts.{{e}}.{down}.weight", layers="moe"),
+    ]
+    if config.moe.shared_experts:  # Qwen2-MoE: all of them one wider FFN, gated
+        table += [*_gated_mlp("blocks.{i}.mlp.shared.", moe + "shared_expert.", layers="moe"),
+                  row("blocks.{i}.mlp.shared_gate.weight", moe + "shared_expert_gate.weight", layers="moe")]
+    return table
 
 
-def hf_expert_names(model_type: str, layer: int, expert: int) -> tuple[str, str, str]:
-    """The (gate, up, down) tensor names of one expert, as transformers saves them and released checkpoints hold
-    them: Mixtral's w1/w3/w2, OLMoE's and Qwen2-MoE's gate_proj/up_proj/down_proj."""
-    base = f"{hf_moe_prefix(model_type, layer)}experts.{expert}."
-    names = ("w1", "w3", "w2") if model_type == "mixtral" else ("gate_proj", "up_proj", "down_proj")
-    return tuple(f"{base}{name}.weight" for name in names)  # type: ignore[return-value]
+def _gated_mlp(ours: str, theirs: str, layers: Layers) -> list[Row]:
+    """A SwiGLU/GeGLU FFN (dense, or the shared experts): slmtrain fuses gate and up into one matrix."""
+    return [row(ours + "up.weight", theirs + "gate_proj.weight", theirs + "up_proj.weight", transform=HALVES,
+                layers=layers),
+            row(ours + "down.weight", theirs + "down_proj.weight", layers=layers)]
 
 
 def is_hf_expert_tensor(name: str) -> bool:
@@ -169,52 +204,9 @@ def is_hf_expert_tensor(name: str) -> bool:
 
 
 def to_hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
-    """slmtrain tensor names -> transformers names, splitting the fused q/k/v and gate/up matrices."""
-    c = model.config
-    sd = model.state_dict()
-    q_size, kv_size = c.n_head * c.head_dim_, c.kv_heads * c.head_dim_
-    vocab = c.vocab_size  # rows past the vocabulary are padding, never trained: not exported
-    out: dict[str, torch.Tensor] = {"model.embed_tokens.weight": sd["embed.weight"][:vocab], "model.norm.weight": sd["norm.weight"]}
-    if not c.tie_embeddings:
-        out["lm_head.weight"] = sd["lm_head.weight"][:vocab]
-    for i in range(c.n_layer):
-        src, dst = f"blocks.{i}.", f"model.layers.{i}."
-        for suffix in ("weight", "bias") if c.qkv_bias else ("weight",):
-            q, k, v = sd[f"{src}attn.qkv.{suffix}"].split([q_size, kv_size, kv_size], dim=0)
-            out[f"{dst}self_attn.q_proj.{suffix}"] = q
-            out[f"{dst}self_attn.k_proj.{suffix}"] = k
-            out[f"{dst}self_attn.v_proj.{suffix}"] = v
-        out[f"{dst}self_attn.o_proj.weight"] = sd[f"{src}attn.out.weight"]
-        if c.qk_norm:
-            out[f"{dst}self_attn.q_norm.weight"] = sd[f"{src}attn.q_norm.weight"]
-            out[f"{dst}self_attn.k_norm.weight"] = sd[f"{src}attn.k_norm.weight"]
-        if c.is_moe_layer(i):
-            out.update(_moe_to_hf(c, sd, i))
-        else:
-            out.update(_mlp_to_hf(sd, f"{src}mlp.", f"{dst}mlp."))
-        out[f"{dst}input_layernorm.weight"] = sd[f"{src}attn_norm.weight"]
-        out[f"{dst}post_attention_layernorm.weight"] = sd[f"{src}mlp_norm.weight"]
-    return {k: v.detach().contiguous() for k, v in out.items()}
-
-
-def _mlp_to_hf(sd: dict[str, torch.Tensor], src: str, dst: str) -> dict[str, torch.Tensor]:
-    """A gated MLP (dense, or the shared experts) with its fused gate/up matrix split in two."""
-    gate, up = sd[f"{src}up.weight"].chunk(2, dim=0)
-    return {f"{dst}gate_proj.weight": gate, f"{dst}up_proj.weight": up, f"{dst}down_proj.weight": sd[f"{src}down.weight"]}
-
-
-def _moe_to_hf(config: ModelConfig, sd: dict[str, torch.Tensor], layer: int) -> dict[str, torch.Tensor]:
-    model_type = hf_architecture(config)
-    src, dst = f"blocks.{layer}.mlp.", hf_moe_prefix(model_type, layer)
-    out = {f"{dst}gate.weight": sd[f"{src}router.weight"]}
-    for expert in range(config.moe.experts):
-        gate_name, up_name, down_name = hf_expert_names(model_type, layer, expert)
-        out[gate_name], out[up_name] = sd[f"{src}experts.up"][expert].chunk(2, dim=0)
-        out[down_name] = sd[f"{src}experts.down"][expert]
-    if config.moe.shared_experts:
-        out.update(_mlp_to_hf(sd, f"{src}shared.", f"{dst}shared_expert."))
-        out[f"{dst}shared_expert_gate.weight"] = sd[f"{src}shared_gate.weight"]
-    return out
+    """transformers' names and tensors for the model's weights."""
+    state = export_tensors(hf_table(model.config), model.config, model.state_dict())
+    return {k: v.detach().contiguous() for k, v in state.items()}
 
 
 def export_hf(
@@ -369,57 +361,13 @@ def _read_safetensors(path: Path, keep: Callable[[str], bool]) -> dict[str, torc
     return state
 
 
-def from_hf_state_dict(config: ModelConfig, hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    sd: dict[str, torch.Tensor] = {"embed.weight": hf_state["model.embed_tokens.weight"], "norm.weight": hf_state["model.norm.weight"]}
-    sd["lm_head.weight"] = sd["embed.weight"] if config.tie_embeddings else hf_state["lm_head.weight"]
-    for i in range(config.n_layer):
-        src, dst = f"model.layers.{i}.", f"blocks.{i}."
-        for suffix in ("weight", "bias") if config.qkv_bias else ("weight",):
-            sd[f"{dst}attn.qkv.{suffix}"] = torch.cat(
-                [hf_state[f"{src}self_attn.{p}_proj.{suffix}"] for p in ("q", "k", "v")], dim=0
-            )
-        sd[f"{dst}attn.out.weight"] = hf_state[f"{src}self_attn.o_proj.weight"]
-        if config.qk_norm:
-            sd[f"{dst}attn.q_norm.weight"] = hf_state[f"{src}self_attn.q_norm.weight"]
-            sd[f"{dst}attn.k_norm.weight"] = hf_state[f"{src}self_attn.k_norm.weight"]
-        if config.is_moe_layer(i):
-            sd.update(_moe_from_hf(config, hf_state, i))
-        else:
-            sd.update(_mlp_from_hf(hf_state, f"{src}mlp.", f"{dst}mlp."))
-        sd[f"{dst}attn_norm.weight"] = hf_state[f"{src}input_layernorm.weight"]
-        sd[f"{dst}mlp_norm.weight"] = hf_state[f"{src}post_attention_layernorm.weight"]
-    return sd
-
-
-def _mlp_from_hf(hf_state: dict[str, torch.Tensor], src: str, dst: str) -> dict[str, torch.Tensor]:
-    up = torch.cat([hf_state[f"{src}gate_proj.weight"], hf_state[f"{src}up_proj.weight"]], dim=0)
-    return {f"{dst}up.weight": up, f"{dst}down.weight": hf_state[f"{src}down_proj.weight"]}
-
-
-def _moe_from_hf(config: ModelConfig, hf_state: dict[str, torch.Tensor], layer: int) -> dict[str, torch.Tensor]:
-    """Router, shared expert and (when the state holds them: see load_hf's ``experts``) the experts of a layer."""
-    model_type = hf_architecture(config)
-    src, dst = hf_moe_prefix(model_type, layer), f"blocks.{layer}.mlp."
-    sd = {f"{dst}router.weight": hf_state[f"{src}gate.weight"]}
-    if hf_expert_names(model_type, layer, 0)[0] in hf_state:
-        sd[f"{dst}experts.up"], sd[f"{dst}experts.down"] = stack_experts(
-            [read_hf_expert(hf_state.__getitem__, model_type, layer, e) for e in range(config.moe.experts)])
-    if config.moe.shared_experts:
-        sd.update(_mlp_from_hf(hf_state, f"{src}shared_expert.", f"{dst}shared."))
-        sd[f"{dst}shared_gate.weight"] = hf_state[f"{src}shared_expert_gate.weight"]
-    return sd
-
-
-def read_hf_expert(get: Callable[[str], torch.Tensor], model_type: str, layer: int,
+def read_hf_expert(get: Callable[[str], torch.Tensor], table: list[Row], layer: int,
                    expert: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One expert in slmtrain's layout, (gate rows then up rows, down), from a tensor getter (a dict's or a
-    memory-mapped file's)."""
-    gate, up, down = (get(name) for name in hf_expert_names(model_type, layer, expert))
-    return torch.cat([gate, up], dim=0), down
-
-
-def stack_experts(experts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.stack([up for up, _ in experts]), torch.stack([down for _, down in experts])
+    memory-mapped file's) through ``table``'s (:func:`hf_table`) per-expert rows."""
+    rows = {r.ours: r for r in table}
+    return (import_expert(rows["blocks.{i}.mlp.experts.up"], get, layer, expert),
+            import_expert(rows["blocks.{i}.mlp.experts.down"], get, layer, expert))
 
 
 def load_hf(path: str | Path, dtype: torch.dtype = torch.float32, *, experts: bool = True) -> Transformer:
@@ -435,7 +383,7 @@ def load_hf(path: str | Path, dtype: torch.dtype = torch.float32, *, experts: bo
         raise UserError(f"{path / 'config.json'}: not a usable transformers config ({type(e).__name__}: {e})") from None
     hf_state = _read_safetensors(path, keep=lambda name: experts or not is_hf_expert_tensor(name))
     try:
-        state = from_hf_state_dict(config, hf_state)
+        state = import_tensors(hf_table(config), config, hf_state.__getitem__, experts=experts)
     except KeyError as e:
         raise UserError(f"{path}: weights do not match config.json, missing tensor {e}") from None
     return model_from_state_dict(config, state, dtype, experts=experts)
