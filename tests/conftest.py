@@ -50,6 +50,7 @@ def tiny_recipe(shards: Path, run_dir: Path, **overrides) -> TrainConfig:
         "ckpt_every_n_steps": 4,
         "samples": 1,
         "sample_tokens": 8,
+        "eval": {"tasks": []},  # the demo recipe's in-loop benchmarks: tested on their own (tests/eval/test_in_loop.py)
     }
     for key, value in overrides.items():
         section, _, sub = key.partition("__")

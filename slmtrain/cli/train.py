@@ -43,6 +43,14 @@ def run(argv: list[str]) -> int:
     base_dir = load_recipe(args.recipe, runs[0][1]).run_path
     configs = [load_recipe(args.recipe, {**delta, "run_dir": str(base_dir / name), "name": name} if name else delta)
                for name, delta in runs]  # every run validated before any trains
+    for config in configs:
+        if config.eval.tasks:  # the names, here: the training room does not know the evaluation room's tasks
+            from slmtrain.eval.suites import expand
+
+            try:
+                expand(config.eval.tasks)
+            except ConfigError as e:
+                raise ConfigError(f"eval.{e.key}", e.message) from None
     from slmtrain.train.parallel import launched_rank
     from slmtrain.train.run import RunInterrupted, plan
 

@@ -212,6 +212,11 @@ def evaluate_task(model: Transformer, tokenizer: TextTokenizer, task: Task, shot
         records = _choose_all(model, tokenizer, items)
     for index, record in zip(indices, records):
         record["index"] = index
+    skipped = [r for r in records if "skipped" in r]
+    records = [r for r in records if "skipped" not in r]
+    if not records:
+        raise UserError(f"{task.name}: no item can be scored: {skipped[0]['skipped']}")
+    indices = [r["index"] for r in records]
     names = [m for m in task.metrics if m in records[0]] if not task.is_generation else list(records[0]["scores"])
     scores = {m: [float(r["scores"][m] if task.is_generation else r[m]) for r in records] for m in names}
     metrics, stderr = {}, {}
@@ -233,7 +238,7 @@ def evaluate_task(model: Transformer, tokenizer: TextTokenizer, task: Task, shot
             metrics[name] = sum(m for m, _ in means.values()) / len(means)
             stderr[name] = math.sqrt(sum(s * s for _, s in means.values())) / len(means)
     return TaskResult(task.name, task.family, shots, len(records), metrics, stderr, scores,
-                      sum(bool(r["truncated"]) for r in records), task.notes, records, by_group)
+                      sum(bool(r["truncated"]) for r in records), task.notes, records, by_group, len(skipped))
 
 
 def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
@@ -247,13 +252,18 @@ def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
 
 
 def _choose_all(model: Transformer, tokenizer: TextTokenizer, items: list[MultipleChoice]) -> list[dict]:
-    pairs = [encode_pair(tokenizer, context, continuation)
-             for item in items for context, continuation in zip(item.contexts, item.continuations)]
-    scored = loglikelihoods(model, pairs)
-    records, start = [], 0
-    for item in items:
-        mine = scored[start: start + len(item.contexts)]
-        start += len(item.contexts)
+    """One record per item; an item with a choice longer than the model's whole context cannot be scored (lm-eval
+    stops there): it is recorded as skipped, with why, and counted, and the metrics are over the others."""
+    max_len = model.config.max_seq_len
+    encoded = [[encode_pair(tokenizer, c, x) for c, x in zip(item.contexts, item.continuations)] for item in items]
+    longest = [max(len(x) for _, x in pairs) for pairs in encoded]
+    scored = iter(loglikelihoods(model, [p for pairs, n in zip(encoded, longest) if n <= max_len for p in pairs]))
+    records = []
+    for item, n in zip(items, longest):
+        if n > max_len:
+            records.append({"label": item.label, "skipped": f"a choice of {n} tokens outgrows max_seq_len={max_len}"})
+            continue
+        mine = [next(scored) for _ in item.contexts]
         loglik = [s.loglikelihood for s in mine]
         normalised = [ll / max(length, 1) for ll, length in zip(loglik, item.lengths)]
         gold_bytes = len(item.continuations[item.label].encode("utf-8"))

@@ -97,7 +97,8 @@ class EvalReport:
         for key, result in zip(self.keys, self.results):
             main = {m: v for m, v in result.metrics.items() if not m.endswith("_micro")}
             rows.append({"family": result.family, "task": key, "shots": result.shots, "n": result.n, **main,
-                         **{f"{m}_stderr": result.stderr[m] for m in main}, "truncated": result.truncated})
+                         **{f"{m}_stderr": result.stderr[m] for m in main}, "truncated": result.truncated,
+                         "skipped": result.skipped})
         return rows
 
     def write(self, path: Path) -> tuple[Path, Path]:

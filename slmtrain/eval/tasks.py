@@ -220,6 +220,7 @@ class TaskResult:
     notes: str = ""
     records: list[dict[str, Any]] = field(default_factory=list)  # per item: index, label or output, scores
     by_group: dict[str, dict[str, float]] = field(default_factory=dict)  # grouped tasks: each group's means
+    skipped: int = 0  # items with a choice longer than the model's context: recorded, not scored
 
     @property
     def headline(self) -> str:
@@ -228,4 +229,4 @@ class TaskResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.metrics, **{f"{k}_stderr": v for k, v in self.stderr.items()}, "n": self.n,
-                "shots": self.shots, "truncated": self.truncated}
+                "shots": self.shots, "truncated": self.truncated, "skipped": self.skipped}

