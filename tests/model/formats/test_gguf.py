@@ -16,9 +16,10 @@ from slmtrain.model.formats.gguf import (export_gguf, gguf_tensors, llama3_scali
                                         unpermute_from_gguf)
 from slmtrain.model.transformer import apply_rope, rope_cos_sin, rope_inverse_frequencies
 from tests.eval.eval_helpers import save_byte_level_hf_tokenizer, tiny_model
-from tests.model.gguf_helpers import (CHAT_TEMPLATE, MOE_ARCHITECTURES, TRICKY_TEXT, byte_level_bpe_model_dir,
+from tests.model.formats.gguf_helpers import (CHAT_TEMPLATE, MOE_ARCHITECTURES, TRICKY_TEXT, byte_level_bpe_model_dir,
                                      sentencepiece_tokenizer)
 from tests.output import diagnostics
+from tests.paths import REPO_ROOT
 
 ARCHITECTURES = {"llama": {}, "qwen2": {"qkv_bias": True}, "qwen3": {"qk_norm": True, "head_dim": 32}}
 
@@ -302,7 +303,7 @@ def test_export_gguf_to_an_unwritable_path_is_one_line(tmp_path):
     import sys
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[2]
+    repo = REPO_ROOT
     run = subprocess.run([sys.executable, str(repo / "launch" / "export_gguf.py"), "model=tiny", "out=/proc/m.gguf"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 2, run.stderr

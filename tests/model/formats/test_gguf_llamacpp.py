@@ -13,7 +13,7 @@ from slmtrain.eval.llamacpp import greedy, open_gguf, prompt_logits
 from slmtrain.model.config import RopeScaling
 from slmtrain.model.formats.gguf import export_gguf
 from tests.eval.eval_helpers import tiny_model
-from tests.model.gguf_helpers import MOE_ARCHITECTURES, TRICKY_TEXT, byte_level_bpe_model_dir, sentencepiece_tokenizer
+from tests.model.formats.gguf_helpers import MOE_ARCHITECTURES, TRICKY_TEXT, byte_level_bpe_model_dir, sentencepiece_tokenizer
 
 ARCHITECTURES = {"llama": {}, "qwen2": {"qkv_bias": True}, "qwen3": {"qk_norm": True, "head_dim": 32}}
 SHARP = {"init_std": 0.3}  # random weights this large give a greedy continuation that is not one repeated token

@@ -13,7 +13,7 @@ import torch
 from slmtrain.artifacts import load_model
 from slmtrain.eval.llamacpp import greedy, open_gguf
 from slmtrain.model.formats.gguf import export_gguf
-from tests.model.gguf_helpers import TRICKY_TEXT
+from tests.model.formats.gguf_helpers import TRICKY_TEXT
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CHAT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"

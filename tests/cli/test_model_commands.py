@@ -14,8 +14,9 @@ import transformers
 from slmtrain.model import presets
 
 from tests.output import diagnostics
+from tests.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -15,8 +15,9 @@ from slmtrain.model.formats.gguf import read_gguf
 
 from tests.eval.eval_helpers import FIXTURES
 from tests.output import diagnostics
+from tests.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 
 
 def launch(name: str):
