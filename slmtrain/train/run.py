@@ -68,6 +68,7 @@ class Plan:
     gpu_hours: float
     budget_policy: str
     budget_reasoning: list[str]
+    sources: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # a mixed run's use of each source
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,6 +83,9 @@ class Plan:
             f"estimate       {self.gpu_hours:,.1f} {self.gpu} GPU-hours at {self.mfu_assumed:.0%} MFU",
             "budget reasoning:",
             *(f"  - {line}" for line in self.budget_reasoning),
+            *(["sources (weight, tokens drawn, epochs):"] if self.sources else []),
+            *(f"  - {u['name']}: {u['weight']:.3g}, {u['tokens']:,} tokens, {u['epochs']:.2f} epochs of "
+              f"{u['samples']:,} samples" for u in self.sources),
         ])
 
 
@@ -108,9 +112,16 @@ def plan(config: TrainConfig, model_config: ModelConfig | None = None) -> Plan:
     peak = gpu_bf16_peaks().get(config.gpu)
     if peak is None:
         raise ConfigError("gpu", f"unknown GPU {config.gpu!r}; valid choices: {', '.join(gpu_bf16_peaks())}")
+    sources = []
+    if config.data.sources:
+        world = world_size(config.trainer)
+        logger = mixture_logger(config, config.run_path, steps, gradient_accumulation(config, world), world,
+                                resumed=False)[0]
+        sources = [dataclasses.asdict(use) for use in logger.planned]
     return Plan(config.name, mc.params(), mc.non_embedding_params(), tokens, tokens / mc.params(), steps,
                 config.batch.tokens, config.data.seq_len, mc.train_flops_per_token(config.data.seq_len), flops,
-                config.gpu, config.mfu_assumed, flops / (peak * config.mfu_assumed) / 3600, budget.policy, reasoning)
+                config.gpu, config.mfu_assumed, flops / (peak * config.mfu_assumed) / 3600, budget.policy, reasoning,
+                sources)
 
 
 def train(config: TrainConfig, resume: bool | str | Path = False, callbacks: list | None = None) -> dict[str, Any]:

@@ -132,3 +132,11 @@ def test_a_source_made_with_another_tokenizer_is_refused(shards, tmp_path):
     with pytest.raises(ConfigError, match="data.sources.edu: .* another tokenizer than data.shards"):
         train(config)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_dry_run_plan_shows_each_sources_tokens_and_epochs(shards, tmp_path):
+    from slmtrain.train.run import plan
+
+    planned = plan(mixed(shards, tmp_path / "run", tmp_path))
+    assert [(u["name"], u["draws"]) for u in planned.sources] == [("web", 96), ("edu", 32)]
+    assert "edu: 0.25, 2,048 tokens" in planned.format()
