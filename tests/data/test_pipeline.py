@@ -13,7 +13,8 @@ from pydoc_data.topics import topics
 from slmtrain.config import ConfigError, UserError
 from tests.output import diagnostics
 from tests.paths import REPO_ROOT
-from slmtrain.data.pipeline import load_pipeline_config, run_pipeline
+from slmtrain.data.curate import run_pipeline
+from slmtrain.data.curate.config import load_pipeline_config
 
 PROSE = sorted((text for text in topics.values() if len(text) > 3_000), key=len)
 STUBS = sorted({getattr(str, name).__doc__.strip().splitlines()[0] for name in dir(str) if not name.startswith("_")})
