@@ -50,12 +50,12 @@ def build_stages(config: PipelineConfig, source: str, output: Path, workers: int
                                              config.max_doc_chars)
             stages += closed
             continue
-        trained_here = kind.trainer is not None and "train" in params
-        if trained_here:
-            current.before.append(kind.trainer(name, params.pop("train"), params, output))
+        trainer = kind.trainer if "train" in params else None
+        if trainer is not None:
+            current.before.append(trainer(name, params.pop("train"), params, output))
         step = build_step(name, kind, params, output, failure_limit)
         # a model trained on the spot exists only once its stage is about to run
-        (current.before if trained_here else current.checks).append(functools.partial(check_step, name, step))
+        (current.checks if trainer is None else current.before).append(functools.partial(check_step, name, step))
         current.rows[len(current.pipeline)] = name
         current.pipeline.append(step)
     current.pipeline.append(JsonlWriter(str(output / "kept")))
