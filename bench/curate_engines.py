@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from slmtrain.config import split_args  # noqa: E402
 from slmtrain.data.demo import write_demo_documents  # noqa: E402
-from slmtrain.data.pipeline import run_pipeline  # noqa: E402
+from slmtrain.data.curate import run_pipeline  # noqa: E402
 
 ENGINES = {"local": {}, "ray": {"cluster": {"num_cpus": os.cpu_count(), "include_dashboard": False}},
            "slurm": {"cluster": {"partition": "cpu"}}}

@@ -30,7 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from slmtrain.config import split_args  # noqa: E402
 from slmtrain.data.debian_docs import PACKAGES, fetch_debian_pages  # noqa: E402
 from slmtrain.data.filters.extractors import DEFAULT_TIMEOUT  # noqa: E402
-from slmtrain.data.pipeline import QuietLocalExecutor, auto_workers, quiet_console, run_pipeline  # noqa: E402
+from slmtrain.data.curate import run_pipeline  # noqa: E402
+from slmtrain.data.curate.executors.common import quiet_console  # noqa: E402
+from slmtrain.data.curate.executors.local import QuietLocalExecutor  # noqa: E402
+from slmtrain.data.curate.run import auto_workers  # noqa: E402
 
 
 def plain_datatrove(pages: Path, out: Path, workers: int) -> float:

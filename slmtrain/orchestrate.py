@@ -20,7 +20,7 @@ def ensure_data(config: DataConfig, workers: int = 1) -> Path:
     shards = Path(config.shards)
     if (shards / "meta.json").is_file() or config.build == "none":
         return shards
-    from slmtrain.data.pipeline import run_pipeline
+    from slmtrain.data.curate import run_pipeline
     from slmtrain.data.shards import prepare_shards
 
     curated = Path(config.curated)

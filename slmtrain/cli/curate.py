@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Literal
 
 from slmtrain.config import announce, build, cli_main, split_args
-from slmtrain.data.pipeline import Submitted, format_table, run_pipeline
+from slmtrain.data.curate import run_pipeline
+from slmtrain.data.curate.run import Submitted
+from slmtrain.data.curate.stats import format_table
 
 
 @dataclass

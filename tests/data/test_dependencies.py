@@ -24,7 +24,8 @@ FRESH_INTERPRETER_CHECK = """
 import importlib.metadata, json, sys
 from pathlib import Path
 from slmtrain.data.filters.extractors import PROBE_PAGE, SandboxedExtractor
-from slmtrain.data.pipeline import build_stages, load_pipeline_config
+from slmtrain.data.curate.config import load_pipeline_config
+from slmtrain.data.curate.stages import build_stages
 work, overrides = Path(sys.argv[1]), json.loads(sys.argv[2])
 for name in sys.argv[3:]:
     for stage in build_stages(load_pipeline_config(name, overrides.get(name)), str(work / "html"), work / name, 1):

@@ -24,7 +24,7 @@ from slmtrain.config import UserError
 from slmtrain.data.debian_docs import fetch_debian_pages
 from slmtrain.data.filters.extractors import (GUARD_MIN_PAGES, LINK_LIST_MARK, MassRemoval, ResiliparseExtractor,
                                               TrafilaturaExtractor, mark_link_lists)
-from slmtrain.data.pipeline import run_pipeline
+from slmtrain.data.curate import run_pipeline
 
 PROSE = sorted((text for text in topics.values() if len(text) > 3_000), key=len)
 EXTRACTORS = [TrafilaturaExtractor, ResiliparseExtractor]

@@ -21,8 +21,9 @@ import psutil
 import pytest
 
 from slmtrain.config import ConfigError
+from slmtrain.data.curate import run_pipeline
+from slmtrain.data.curate.executors.ray import RAY_MULTI_NODE_ENV, _is_loopback
 from slmtrain.data.demo import write_demo_documents
-from slmtrain.data.pipeline import RAY_MULTI_NODE_ENV, _is_loopback, run_pipeline
 from slmtrain.slurm import queued_jobs
 from tests.output import diagnostics
 from tests.paths import REPO_ROOT
