@@ -17,7 +17,7 @@ from typing import Literal
 from slmtrain.config import announce, build, cli_main, split_args
 from slmtrain.data.curate import run_pipeline
 from slmtrain.data.curate.run import Submitted
-from slmtrain.data.curate.stats import format_table
+from slmtrain.data.curate.stats import format_stats
 
 
 @dataclass
@@ -42,7 +42,7 @@ def run(argv: list[str]) -> int:
         print(f"submitted to {stats.executor} (jobs {', '.join(stats.jobs)}); logs under {stats.output}/logs; "
               f"{stats.next}")
         return 0
-    print(format_table(stats))
+    print(format_stats(stats))
     print(f"kept documents: {stats.output}/kept   stats: {stats.output}/stats.json, stats.png   log: "
           f"{stats.output}/curate.log")
     return 0

@@ -14,8 +14,9 @@ from slmtrain.config import UserError
 from slmtrain.data.curate.config import PipelineConfig
 from slmtrain.data.filters.inputs import HtmlFolderReader, RecordingJsonlReader
 
-INPUT_SUFFIXES = {"jsonl": (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz"), "parquet": (".parquet",),
-                  "warc": (".warc", ".warc.gz"), "html": (".html", ".htm")}
+# what datatrove's readers take, by input format (zstd, WARC and HTML too: unlike slmtrain.data.shards.read_texts)
+DATATROVE_SUFFIXES = {"jsonl": (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz"), "parquet": (".parquet",),
+                      "warc": (".warc", ".warc.gz"), "html": (".html", ".htm")}
 INPUT_GLOBS = {"jsonl": "**/*.json*", "parquet": "**/*.parquet", "warc": "**/*.warc*", "html": "**/*.htm*"}
 
 
@@ -64,13 +65,13 @@ def detect_format(config: PipelineConfig, source: str) -> str:
         return "hf"
     path = Path(source)
     names = [path.name] if path.is_file() else [p.name for p in path.rglob("*") if p.is_file()]
-    found = [fmt for fmt, suffixes in INPUT_SUFFIXES.items() if any(n.endswith(suffixes) for n in names)]
+    found = [fmt for fmt, suffixes in DATATROVE_SUFFIXES.items() if any(n.endswith(suffixes) for n in names)]
     if len(found) > 1:
         raise UserError(f"{source} mixes input formats ({', '.join(found)}): give one folder per format, "
                         "or set input_format=")
     if not found:
         raise UserError(f"{source}: no input files of a known format "
-                        f"({', '.join(s for suffixes in INPUT_SUFFIXES.values() for s in suffixes)})")
+                        f"({', '.join(s for suffixes in DATATROVE_SUFFIXES.values() for s in suffixes)})")
     return found[0]
 
 
@@ -85,7 +86,7 @@ def build_reader(config: PipelineConfig, input_format: str, source: str, output:
                                         text_key=config.text_key), 1
     path = Path(source)
     folder, pattern = (str(path.parent), path.name) if path.is_file() else (source, INPUT_GLOBS[input_format])
-    n_files = 1 if path.is_file() else sum(1 for p in path.rglob("*") if p.name.endswith(INPUT_SUFFIXES[input_format]))
+    n_files = 1 if path.is_file() else sum(1 for p in path.rglob("*") if p.name.endswith(DATATROVE_SUFFIXES[input_format]))
     if input_format == "parquet":
         return ParquetReader(folder, glob_pattern=pattern, text_key=config.text_key), n_files
     if input_format == "warc":

@@ -119,7 +119,7 @@ def _by_prefix(counts: dict, prefix: str) -> dict[str, int]:
     return {key.removeprefix(prefix): _count(counts, key) for key in counts if key.startswith(prefix)}
 
 
-def format_table(stats: CurationStats) -> str:
+def format_stats(stats: CurationStats) -> str:
     """The table the command line prints: one row per step, then the totals and whether they balance."""
     lines = [f"{'step':<20} {'in':>9} {'kept':>9} {'removed':>9} {'seconds':>9}  removed by reason"]
     for row in stats.steps:
