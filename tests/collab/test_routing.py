@@ -17,7 +17,7 @@ from slmtrain.config import ConfigError, UserError
 from slmtrain.serve.app import create_app
 from slmtrain.serve.background import BackgroundServer
 from slmtrain.serve.schemas import ServeOptions
-from tests.eval.test_eval_launch import launch
+from tests.cli.test_commands import launch
 
 KEY = "cloud-key"
 

@@ -10,7 +10,7 @@ from slmtrain.config import ConfigError, UserError
 from slmtrain.eval.llamacpp import bench_engines, open_gguf
 from slmtrain.hardware import get_profile
 from tests.eval.eval_helpers import tiny_model
-from tests.eval.test_eval_launch import launch
+from tests.cli.test_commands import launch
 
 FIGURES = ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_s", "peak_memory_bytes", "weight_bytes",
            "predicted_decode_tokens_per_s")

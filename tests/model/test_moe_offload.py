@@ -18,7 +18,7 @@ from slmtrain.model import presets
 from slmtrain.model.formats.hf import export_hf, load_hf
 from slmtrain.model.offload import load_offloaded, measure_offloaded_decode, resident_weight_bytes
 from slmtrain.model.transformer import Transformer
-from tests.model.test_hf import randomize
+from tests.model.formats.test_hf import randomize
 from tests.output import diagnostics
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ from slmtrain.config import ConfigError
 from slmtrain.model import presets
 from slmtrain.model.formats.hf import export_hf, hf_architecture, load_hf, model_config_from_hf
 from slmtrain.model.transformer import Transformer
-from tests.model.test_hf import MAX_ABS_DIFF, max_abs_diff, randomize, token_ids
+from tests.model.formats.test_hf import MAX_ABS_DIFF, max_abs_diff, randomize, token_ids
 
 SMALL_MOE: dict[str, Any] = dict(vocab_size=96, hidden_size=64, intermediate_size=48, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
