@@ -17,22 +17,23 @@ from lm_eval.api.model import LM
 from slmtrain.config import UserError
 from slmtrain.eval import TextTokenizer, document_prefix_id
 from slmtrain.eval.perplexity import sequence_nll
-from slmtrain.eval.scoring import encode_pair, greedy_until, loglikelihoods
+from slmtrain.eval.scoring import BATCH_TOKENS, encode_pair, greedy_until, loglikelihoods
 from slmtrain.model.transformer import Transformer
 
 
 class SlmtrainLM(LM):
     """Greedy generation only: a request asking to sample is refused rather than silently decoded greedily."""
 
-    def __init__(self, model: Transformer, tokenizer: TextTokenizer, batch_size: int = 8, max_gen_tokens: int = 256):
+    def __init__(self, model: Transformer, tokenizer: TextTokenizer, batch_tokens: int = BATCH_TOKENS,
+                 max_gen_tokens: int = 256):
         super().__init__()
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.batch_size, self.max_gen_tokens = batch_size, max_gen_tokens
+        self.batch_tokens, self.max_gen_tokens = batch_tokens, max_gen_tokens  # packed tokens per forward pass
 
     def loglikelihood(self, requests: list[Any]) -> list[tuple[float, bool]]:
         pairs = [encode_pair(self.tokenizer, context, continuation) for context, continuation in
                  (r.args for r in requests)]
-        return [(s.loglikelihood, s.is_greedy) for s in loglikelihoods(self.model, pairs, self.batch_size)]
+        return [(s.loglikelihood, s.is_greedy) for s in loglikelihoods(self.model, pairs, self.batch_tokens)]
 
     def loglikelihood_rolling(self, requests: list[Any]) -> list[float]:
         prefix = document_prefix_id(self.tokenizer)
@@ -55,7 +56,7 @@ class SlmtrainLM(LM):
 
 def run_harness(model: Transformer, tokenizer: TextTokenizer, tasks: Sequence[str],
                 include_path: str | Path | None = None, shots: int | None = None, limit: int | None = None,
-                log_samples: bool = False, batch_size: int = 8) -> dict[str, Any]:
+                log_samples: bool = False, batch_tokens: int = BATCH_TOKENS) -> dict[str, Any]:
     """Run harness tasks by name: those of ``include_path`` when given, else the harness's built-in ones (which
     need their datasets in the local Hugging Face cache: HF_DATASETS_OFFLINE / HF_HUB_OFFLINE are set, nothing is
     downloaded). Returns lm_eval's result dict (``results`` per task, ``samples`` if logged)."""
@@ -72,7 +73,7 @@ def run_harness(model: Transformer, tokenizer: TextTokenizer, tasks: Sequence[st
     if unknown:
         where = f"task YAMLs in {include_path}" if include_path else "built-in tasks (include_path= adds local ones)"
         raise UserError(f"unknown harness task(s) {', '.join(unknown)} among the {where}")
-    results = lm_eval.simple_evaluate(model=SlmtrainLM(model, tokenizer, batch_size), tasks=list(tasks),
+    results = lm_eval.simple_evaluate(model=SlmtrainLM(model, tokenizer, batch_tokens), tasks=list(tasks),
                                       num_fewshot=shots, limit=limit, task_manager=manager, bootstrap_iters=0,
                                       log_samples=log_samples)
     if results is None:
