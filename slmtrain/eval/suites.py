@@ -119,18 +119,23 @@ def evaluate(model: Transformer, tokenizer: TextTokenizer, names: Sequence[str],
     from slmtrain.eval.scoring import evaluate_task
 
     report = EvalReport(source)
-    for request in expand(names, olmes):
+    requests = expand(names, olmes)
+    scored: dict[tuple[str, int], str] = {}  # (task, shots) -> its key in the report
+    for request in requests:
         task = load_task(request.task)
         k = request.shots if request.shots is not None else (0 if task.has_fewshot else shots or 0)
-        key = task.name if request.shots is None or k == 0 else f"{task.name}@{k}shot"
-        if key in report.keys:
+        if (task.name, k) in scored:
             continue
+        key = task.name if request.shots is None or k == 0 else f"{task.name}@{k}shot"
+        if key in report.keys:  # the same task at another shot count (shots=K beside core's 0-shot run)
+            key = f"{task.name}@{k}shot"
+        scored[(task.name, k)] = key
         report.results.append(evaluate_task(model, tokenizer, task, k, limit, seed))
         report.keys.append(key)
-    if any(request.suite == "core" for request in expand(names, olmes)):
+    if any(request.suite == "core" for request in requests):
         centered = {}
         for name, k, chance in CORE:
-            key = name if k == 0 else f"{name}@{k}shot"
+            key = scored[(name, k)]
             result = report.results[report.keys.index(key)]
             accuracy = result.metrics.get("acc_norm", result.metrics["acc"])
             centered[key] = (accuracy - chance) / (1 - chance)

@@ -50,3 +50,16 @@ def test_report_table_json_and_items(model, tokenizer, tmp_path):
     lines = [json.loads(line) for line in items.read_text().splitlines()]
     assert [(r["task"], r["index"]) for r in lines] == [("arc-mini", i) for i in range(3)] + [
         ("piqa-mini", i) for i in range(3)]
+
+
+def test_a_task_asked_at_other_shots_beside_core_is_scored_apart(model, tokenizer, monkeypatch):
+    def fake(model, tokenizer, task, shots=0, limit=None, seed=1234, max_new_tokens=None):
+        accuracy = 0.9 if shots == 5 else 0.6  # a 5-shot score must never stand in for core's 0-shot one
+        return TaskResult(task.name, task.family, shots, 10, {"acc": accuracy, "acc_norm": accuracy},
+                          {"acc": 0.1, "acc_norm": 0.1})
+
+    monkeypatch.setattr(scoring, "evaluate_task", fake)
+    report = evaluate(model, tokenizer, ["copa", "core"], shots=5, limit=10)
+    assert report.keys[0] == "copa" and report.results[0].shots == 5
+    zero_shot = report.results[report.keys.index("copa@0shot")]
+    assert zero_shot.shots == 0 and report.core.centered["copa@0shot"] == pytest.approx((0.6 - 0.5) / 0.5)
